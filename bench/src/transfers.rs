@@ -1,0 +1,258 @@
+//! `transfers`: gRPC transfers among `--accounts` ledger accounts at `--clients` concurrent
+//! clients, against pgbench on the same PostgreSQL in the same run: a double-entry `transfer.sql`
+//! (two balance updates in id order plus a two-row history insert over the same number of accounts)
+//! before and after the subject. Then a hot-account run (half of all transfers debit one account).
+//! The ledger's invariant check must pass after each subject run.
+//!
+//! Targets (accounts and ledger issue): subject >= 0.45 x anchor transactions/s, and subject p99 <=
+//! 1.5 x anchor p99 + 5 ms.
+//!
+//! Fixture: the accounts are inserted with SQL (owned round-robin by one test user per client, each
+//! with a large overdraft limit so that no transfer fails for lack of funds); everything measured
+//! goes through the real gRPC API.
+
+use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
+
+use bank_ledger::Ledger;
+use bank_proto::{
+    common::v1::Money,
+    ledger::v1::{
+        CreateTransferRequest, VerifyLedgerInvariantsRequest, create_transfer_request::Destination,
+        ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
+    },
+};
+use bank_testkit::{Options, TestDatabase, TestIdentity, bearer};
+use hdrhistogram::Histogram;
+use rand::Rng as _;
+use sqlx::Connection as _;
+
+use crate::{Outcome, closed_loop};
+
+const TRANSFER_SQL: &str = r"\set a random(1, :naccounts)
+\set b random(1, :naccounts)
+\set amount random(1, 1000)
+BEGIN;
+UPDATE accounts SET balance = balance + CASE WHEN id = :a THEN -:amount ELSE :amount END WHERE id = least(:a, :b);
+UPDATE accounts SET balance = balance + CASE WHEN id = :a THEN -:amount ELSE :amount END WHERE id = greatest(:a, :b);
+INSERT INTO history (account_id, amount) VALUES (:a, -:amount), (:b, :amount);
+END;
+";
+
+struct Fixture {
+    /// Per client (owner): its token and its account ids.
+    owners: Vec<(String, Vec<String>)>,
+    /// Every account number.
+    numbers: Vec<String>,
+}
+
+async fn fixture(identity: &TestIdentity, ledger_url: &str, clients: usize, accounts: usize) -> Fixture {
+    let mut users = Vec::new();
+    for i in 0..clients {
+        users.push(identity.user(&format!("bench{i}@example.com")).await);
+    }
+    let owner_ids: Vec<uuid::Uuid> =
+        users.iter().map(|u| uuid::Uuid::parse_str(&u.user_id).unwrap()).collect();
+    let mut db = sqlx::PgConnection::connect(ledger_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_accounts (account_id, kind, account_number, owner_user_id, currency, overdraft_limit) \
+         SELECT gen_random_uuid(), 'customer', 'BENCH' || lpad(i::text, 7, '0'), ($1::uuid[])[1 + (i % $2)], 'EUR', \
+           1000000000000 FROM generate_series(0, $3 - 1) AS i",
+    )
+    .bind(&owner_ids)
+    .bind(i32::try_from(clients).unwrap())
+    .bind(i64::try_from(accounts).unwrap())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let rows: Vec<(uuid::Uuid, String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT account_id, account_number, owner_user_id FROM ledger_accounts WHERE kind = 'customer'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut owners: Vec<(String, Vec<String>)> =
+        users.iter().map(|u| (u.tokens.access_token.clone(), Vec::new())).collect();
+    let mut numbers = Vec::with_capacity(rows.len());
+    for (id, number, owner) in rows {
+        let index = owner_ids.iter().position(|o| *o == owner).unwrap();
+        owners[index].1.push(id.to_string());
+        numbers.push(number);
+    }
+    Fixture { owners, numbers }
+}
+
+async fn anchor(clients: usize, seconds: u64, accounts: usize) -> Outcome {
+    let database = TestDatabase::create().await;
+    let mut db = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    for statement in [
+        "CREATE TABLE accounts (id integer PRIMARY KEY, balance bigint NOT NULL DEFAULT 0)",
+        "CREATE TABLE history (id bigserial PRIMARY KEY, account_id integer NOT NULL, amount bigint NOT NULL, \
+         at timestamptz NOT NULL DEFAULT now())",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    sqlx::query("INSERT INTO accounts (id) SELECT generate_series(1, $1)")
+        .bind(i32::try_from(accounts).unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM ANALYZE accounts").execute(&mut db).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("transfer.sql");
+    std::fs::write(&script, TRANSFER_SQL).unwrap();
+    let log_prefix = dir.path().join("pgbench");
+    let output = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
+        .args(["-D", &format!("naccounts={accounts}")])
+        .arg("-f")
+        .arg(&script)
+        .arg("-l")
+        .arg(format!("--log-prefix={}", log_prefix.display()))
+        .arg(database.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("pgbench runs (Debian package postgresql-client)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "pgbench failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    let mut outcome = Outcome {
+        ops: 0,
+        errors: 0,
+        elapsed: Duration::from_secs(seconds),
+        latency: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    };
+    read_pgbench_logs(dir.path(), &mut outcome);
+    outcome
+}
+
+/// pgbench -l lines: `client transaction latency_us script epoch_s epoch_us`.
+fn read_pgbench_logs(dir: &Path, outcome: &mut Outcome) {
+    for file in std::fs::read_dir(dir).unwrap() {
+        let path = file.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("pgbench") {
+            continue;
+        }
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            if let Some(latency) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                outcome.ops += 1;
+                outcome.latency.record(latency.max(1)).unwrap();
+            }
+        }
+    }
+}
+
+async fn subject(
+    channel: tonic::transport::Channel,
+    fixture: Arc<Fixture>,
+    clients: usize,
+    seconds: u64,
+    hot: bool,
+) -> Outcome {
+    closed_loop(clients, seconds, move || {
+        let mut client = LedgerServiceClient::new(channel.clone());
+        let (token, from, to, amount) = {
+            let mut rng = rand::thread_rng();
+            let owner = if hot && rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..fixture.owners.len()) };
+            let (token, accounts) = &fixture.owners[owner];
+            let from = if hot && owner == 0 {
+                accounts[0].clone()
+            } else {
+                accounts[rng.gen_range(0..accounts.len())].clone()
+            };
+            let to = fixture.numbers[rng.gen_range(0..fixture.numbers.len())].clone();
+            (token.clone(), from, to, rng.gen_range(1..=1000))
+        };
+        async move {
+            let mut request = bearer(
+                CreateTransferRequest {
+                    from_account_id: from,
+                    destination: Some(Destination::ToAccountNumber(to)),
+                    amount: Some(Money { currency: "EUR".into(), minor_units: amount }),
+                    description: "bench".into(),
+                    fx_quote_id: String::new(),
+                },
+                &token,
+            );
+            request
+                .metadata_mut()
+                .insert("idempotency-key", uuid::Uuid::now_v7().to_string().parse().unwrap());
+            match client.create_transfer(request).await {
+                Ok(_) => true,
+                // A transfer to itself is refused by design; anything else is an error to report.
+                Err(status) if status.code() == tonic::Code::InvalidArgument => true,
+                Err(status) => {
+                    eprintln!("transfer failed: {:?} {}", status.code(), status.message());
+                    false
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn healthy(channel: tonic::transport::Channel, admin: &str) -> bool {
+    let report = LedgerAdminServiceClient::new(channel)
+        .verify_ledger_invariants(bearer(VerifyLedgerInvariantsRequest {}, admin))
+        .await
+        .unwrap()
+        .into_inner();
+    if !report.healthy {
+        eprintln!("violations: {:?}", report.violations.iter().take(5).collect::<Vec<_>>());
+    }
+    report.healthy
+}
+
+fn row(name: &str, outcome: &Outcome) {
+    println!(
+        "| {name} | {} | {} | {:.0} | {:.1} | {:.1} |",
+        outcome.ops,
+        outcome.errors,
+        outcome.rate(),
+        outcome.ms(0.5),
+        outcome.ms(0.99)
+    );
+}
+
+/// Runs the scenario and prints the table.
+pub(crate) async fn run(clients: usize, seconds: u64, accounts: usize) {
+    println!("# transfers: {clients} clients, {seconds} s per phase, {accounts} accounts");
+    let identity = TestIdentity::spawn().await;
+    let ledger = bank_testkit::spawn_with::<Ledger>(
+        identity.trust(Options::default()).set("database.max_connections", u32::try_from(clients).unwrap()),
+    )
+    .await;
+    let admin = identity.admin().await.access_token;
+    let fixture = Arc::new(fixture(&identity, ledger.database().unwrap().url(), clients, accounts).await);
+    let channel = ledger.channel().await;
+
+    let before = anchor(clients, seconds, accounts).await;
+    let uniform = subject(channel.clone(), fixture.clone(), clients, seconds, false).await;
+    let uniform_ok = healthy(channel.clone(), &admin).await;
+    let after = anchor(clients, seconds, accounts).await;
+    let hot = subject(channel.clone(), fixture.clone(), clients, seconds, true).await;
+    let hot_ok = healthy(channel.clone(), &admin).await;
+
+    println!("| run | ops | errors | tx/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    row("pgbench transfer.sql (anchor, before)", &before);
+    row("gRPC CreateTransfer, uniform (subject)", &uniform);
+    row("pgbench transfer.sql (anchor, after)", &after);
+    row("gRPC CreateTransfer, hot account (half debit one account)", &hot);
+    let anchor_rate = f64::midpoint(before.rate(), after.rate());
+    let anchor_p99 = before.ms(0.99).max(after.ms(0.99));
+    let ratio = uniform.rate() / anchor_rate;
+    let p99_limit = 1.5 * anchor_p99 + 5.0;
+    println!("\nthroughput: subject/anchor = {ratio:.2} (target >= 0.45): {}", verdict(ratio >= 0.45));
+    println!(
+        "p99: subject {:.1} ms vs limit {p99_limit:.1} ms (1.5 x anchor p99 {anchor_p99:.1} + 5): {}",
+        uniform.ms(0.99),
+        verdict(uniform.ms(0.99) <= p99_limit)
+    );
+    println!("hot account: {} errors: {}", hot.errors, verdict(hot.errors == 0));
+    println!("invariants after uniform: {}, after hot: {}", verdict(uniform_ok), verdict(hot_ok));
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}

@@ -1,0 +1,129 @@
+//! Who is calling, as handlers see it.
+
+use bank_platform::{ErrorCode, ServiceError};
+use uuid::Uuid;
+
+/// What a principal is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// An end user (customer or staff), from a user access token.
+    User(Uuid),
+    /// A service client (client credentials), from a service token.
+    Service(String),
+}
+
+/// An authenticated caller, put into request extensions by the [`crate::Authenticator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Who.
+    pub subject: Subject,
+    /// Roles (users) or scopes (service clients).
+    pub grants: Vec<String>,
+    /// The token's `jti`.
+    pub token_id: Uuid,
+    /// The token's expiry, unix seconds.
+    pub expires_at: i64,
+    /// The session (user tokens).
+    pub session_id: Option<Uuid>,
+    /// The token version the token was issued under (user tokens; 0 for services).
+    pub token_version: i64,
+    /// `pwd` or `mfa` (user tokens; empty for services).
+    pub acr: String,
+    /// When the user authenticated, unix seconds (user tokens).
+    pub auth_time: Option<i64>,
+}
+
+impl Principal {
+    /// Whether the principal holds `grant` (a role or a scope).
+    #[must_use]
+    pub fn has(&self, grant: &str) -> bool {
+        self.grants.iter().any(|g| g == grant)
+    }
+
+    /// The user id, when the caller is a user.
+    #[must_use]
+    pub fn user_id(&self) -> Option<Uuid> {
+        match &self.subject {
+            Subject::User(id) => Some(*id),
+            Subject::Service(_) => None,
+        }
+    }
+}
+
+/// The authenticated principal of a call, or `UNAUTHENTICATED`.
+///
+/// # Errors
+/// The call carries no authenticated principal.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, tonic::Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| ServiceError::new(ErrorCode::Unauthenticated, "authentication required").into())
+}
+
+/// The calling user holding `role`, or `PERMISSION_DENIED` (`UNAUTHENTICATED` without a principal).
+///
+/// # Errors
+/// No principal, a service principal, or a user without the role.
+pub fn require_role<T>(request: &tonic::Request<T>, role: &str) -> Result<Principal, tonic::Status> {
+    let principal = principal(request)?;
+    if principal.user_id().is_some() && principal.has(role) {
+        Ok(principal.clone())
+    } else {
+        Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into())
+    }
+}
+
+/// The calling service client holding `scope`, or `PERMISSION_DENIED`.
+///
+/// # Errors
+/// No principal, a user principal, or a service without the scope.
+pub fn require_scope<T>(request: &tonic::Request<T>, scope: &str) -> Result<Principal, tonic::Status> {
+    let principal = principal(request)?;
+    if matches!(principal.subject, Subject::Service(_)) && principal.has(scope) {
+        Ok(principal.clone())
+    } else {
+        Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(roles: &[&str]) -> Principal {
+        Principal {
+            subject: Subject::User(Uuid::now_v7()),
+            grants: roles.iter().map(|r| (*r).to_owned()).collect(),
+            token_id: Uuid::now_v7(),
+            expires_at: 0,
+            session_id: Some(Uuid::now_v7()),
+            token_version: 1,
+            acr: "pwd".to_owned(),
+            auth_time: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_call_without_a_principal_is_unauthenticated() {
+        let request = tonic::Request::new(());
+        let status = principal(&request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(bank_platform::error::reason_of(&status), Some(ErrorCode::Unauthenticated));
+    }
+
+    #[test]
+    fn roles_and_scopes_are_checked() {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(user(&["customer"]));
+        assert!(require_role(&request, "customer").is_ok());
+        assert_eq!(require_role(&request, "admin").unwrap_err().code(), tonic::Code::PermissionDenied);
+        // A user never passes a scope check, even holding a grant of that name.
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(user(&["ledger:holds"]));
+        assert_eq!(
+            require_scope(&request, "ledger:holds").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Readiness follows dependencies; liveness only says the process is up.
+//!
+//! A background task checks every dependency (Postgres `SELECT 1`, Redis `PING`) each
+//! `server.readiness_interval`, each check bounded by `server.readiness_timeout`. The result sets
+//! the grpc.health.v1 status of `""` (the whole server) and of every served service, and
+//! `/health/ready` on the admin port. The health service name `liveness` is always SERVING while the
+//! process runs (for Kubernetes' gRPC liveness probe).
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The grpc.health.v1 service name that always answers SERVING while the process is up.
+pub const LIVENESS: &str = "liveness";
+
+/// One dependency readiness depends on.
+pub trait Check: Send + Sync + 'static {
+    /// A short name for logs (`postgres`, `redis`).
+    fn name(&self) -> &'static str;
+    /// `Ok` when the dependency answers.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// `SELECT 1` on the pool.
+#[derive(Debug, Clone)]
+pub struct PostgresCheck(pub sqlx::PgPool);
+
+impl Check for PostgresCheck {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.0).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// `PING` on the connection manager.
+#[derive(Debug, Clone)]
+pub struct RedisCheck(pub crate::redis::Redis);
+
+impl Check for RedisCheck {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.0.conn.clone();
+            redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The readiness state shared by the gRPC health service and the admin HTTP port.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: HealthReporter,
+    services: Arc<Vec<&'static str>>,
+    ready_tx: Arc<watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").field("ready", &*self.ready_tx.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    pub(crate) async fn new(reporter: HealthReporter, services: Vec<&'static str>) -> Self {
+        reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+        let (ready_tx, _) = watch::channel(false);
+        let this = Self { reporter, services: Arc::new(services), ready_tx: Arc::new(ready_tx) };
+        this.set(false).await;
+        this
+    }
+
+    /// Whether the process is ready to take traffic.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        *self.ready_tx.borrow()
+    }
+
+    pub(crate) async fn set(&self, ready: bool) {
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        for name in self.services.iter() {
+            self.reporter.set_service_status(name, status).await;
+        }
+        self.ready_tx.send_replace(ready);
+    }
+
+    /// Runs the checks until `stop` is cancelled, updating the status on every change.
+    pub(crate) async fn monitor(
+        self,
+        checks: Vec<Box<dyn Check>>,
+        interval: Duration,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<bool> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let mut failure = None;
+            for check in &checks {
+                let outcome = match tokio::time::timeout(timeout, check.check()).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                if let Err(error) = outcome {
+                    failure = Some((check.name(), error));
+                    break;
+                }
+            }
+            let ready = failure.is_none();
+            if stop.is_cancelled() {
+                return;
+            }
+            if last != Some(ready) {
+                match &failure {
+                    None => tracing::info!("ready: all dependencies answer"),
+                    Some((dependency, error)) => {
+                        tracing::warn!(dependency, error, "not ready: dependency check failed");
+                    }
+                }
+                self.set(ready).await;
+                last = Some(ready);
+            }
+        }
+    }
+}

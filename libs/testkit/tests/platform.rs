@@ -1,0 +1,182 @@
+//! The platform's shared behaviour, on a small probe service built with the very same stack every
+//! service uses: readiness that follows PostgreSQL, drain on shutdown, load shedding, request ids,
+//! stripped internal metadata and request metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use bank_platform::{
+    App, AppBuilder, BoxError, Service,
+    config::{BaseConfig, TelemetryConfig},
+    db,
+    grpc::GrpcServices,
+};
+use bank_proto::identity::v1::{
+    GetJwksRequest, GetJwksResponse, GetMyProfileRequest,
+    identity_service_client::IdentityServiceClient,
+    identity_service_server::{IdentityService, IdentityServiceServer},
+};
+use bank_testkit::{Options, TcpProxy, TestDatabase, probe};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// A service whose `GetJwks` takes 300 ms and refuses to answer if it ever sees caller-supplied
+/// `x-user-id` metadata; every other RPC keeps the generated `UNIMPLEMENTED`.
+struct Probe;
+
+#[derive(Debug, Clone, Copy)]
+struct SlowApi;
+
+#[tonic::async_trait]
+impl IdentityService for SlowApi {
+    async fn get_jwks(
+        &self,
+        request: tonic::Request<GetJwksRequest>,
+    ) -> Result<tonic::Response<GetJwksResponse>, tonic::Status> {
+        if request.metadata().contains_key("x-user-id") {
+            return Err(tonic::Status::permission_denied("internal metadata reached the handler"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(tonic::Response::new(GetJwksResponse::default()))
+    }
+}
+
+static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
+
+impl Service for Probe {
+    const NAME: &'static str = "probe";
+    type Config = BaseConfig;
+
+    fn telemetry(config: &BaseConfig) -> &TelemetryConfig {
+        &config.telemetry
+    }
+
+    async fn build(config: BaseConfig) -> Result<App, BoxError> {
+        let pool = db::connect(&config.database, &NO_MIGRATIONS).await?;
+        let services = GrpcServices::new()
+            .serve(IdentityServiceServer::new(SlowApi))
+            .descriptors(bank_proto::FILE_DESCRIPTOR_SET);
+        AppBuilder::grpc(Self::NAME, &config.server, services).database(pool).bind().await
+    }
+}
+
+fn postgres_addr() -> SocketAddr {
+    let url = bank_testkit::database_admin_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let with_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+    let with_port = with_port.replace("localhost", "127.0.0.1");
+    with_port.parse().expect("the test PostgreSQL must be reached over TCP")
+}
+
+#[tokio::test]
+async fn readiness_follows_postgres_and_recovers_without_a_restart() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_addr()).await;
+    let app = bank_testkit::spawn_with::<Probe>(
+        Options::default().database(false).set("database.url", database.url_via(proxy.addr())),
+    )
+    .await;
+    let channel = app.channel().await;
+    assert_eq!(probe::health(channel.clone(), "").await.unwrap(), ServingStatus::Serving);
+
+    proxy.cut();
+    assert!(app.wait_ready(false, Duration::from_secs(5)).await, "not NOT_SERVING within 5 s");
+    assert_eq!(probe::health(channel.clone(), "").await.unwrap(), ServingStatus::NotServing);
+    assert_eq!(
+        probe::health(channel.clone(), "bank.identity.v1.IdentityService").await.unwrap(),
+        ServingStatus::NotServing
+    );
+    assert_eq!(probe::health(channel.clone(), "liveness").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(probe::http_get(app.admin_addr, "/health/ready").await.0, 503);
+    assert_eq!(probe::http_get(app.admin_addr, "/health/live").await.0, 200);
+
+    proxy.restore();
+    assert!(app.wait_ready(true, Duration::from_secs(10)).await, "did not recover");
+    assert_eq!(probe::health(channel, "").await.unwrap(), ServingStatus::Serving);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_in_flight_at_shutdown_completes_and_new_calls_are_refused() {
+    let app = bank_testkit::spawn_with::<Probe>(Options::default().set("server.shutdown_grace", "5s")).await;
+    let addr = app.addr;
+    let mut client = IdentityServiceClient::new(app.channel().await);
+    let in_flight = tokio::spawn(async move { client.get_jwks(GetJwksRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    app.begin_shutdown();
+    assert!(app.wait_ready(false, Duration::from_millis(200)).await, "readiness must turn off first");
+    let answer = in_flight.await.unwrap();
+    assert!(answer.is_ok(), "in-flight call failed: {answer:?}");
+    app.shutdown().await.expect("run ends cleanly");
+
+    let refused = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "still accepting connections after shutdown");
+}
+
+#[tokio::test]
+async fn readiness_is_off_while_the_shutdown_delay_runs() {
+    let app = bank_testkit::spawn_with::<Probe>(Options::default().set("server.shutdown_delay", "1s")).await;
+    let channel = app.channel().await;
+    app.begin_shutdown();
+    // Still serving (so in-flight balancers can notice), but reporting NOT_SERVING.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(probe::health(channel, "").await.unwrap(), ServingStatus::NotServing);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted() {
+    let app =
+        bank_testkit::spawn_with::<Probe>(Options::default().set("server.max_concurrent_requests", 1)).await;
+    let channel = app.channel().await;
+    let mut first = IdentityServiceClient::new(channel.clone());
+    let mut second = IdentityServiceClient::new(channel.clone());
+    let slow = tokio::spawn(async move { first.get_jwks(GetJwksRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shed = second.get_jwks(GetJwksRequest::default()).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    assert_eq!(bank_platform::error::reason_of(&shed), Some(bank_platform::ErrorCode::ResourceExhausted));
+    assert!(slow.await.unwrap().is_ok());
+    // Health is never shed.
+    assert_eq!(probe::health(channel, "").await.unwrap(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_created_and_internal_metadata_never_reaches_handlers() {
+    let app = bank_testkit::spawn::<Probe>().await;
+    let mut client = IdentityServiceClient::new(app.channel().await);
+
+    let mut request = tonic::Request::new(GetJwksRequest::default());
+    request.metadata_mut().insert("x-request-id", "req-123".parse().unwrap());
+    request.metadata_mut().insert("x-user-id", "00000000-0000-0000-0000-000000000001".parse().unwrap());
+    let response = client.get_jwks(request).await.expect("x-user-id is stripped before the handler");
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-123");
+
+    let response = client.get_jwks(GetJwksRequest::default()).await.unwrap();
+    let created = response.metadata().get("x-request-id").expect("a request id is created").to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(created).is_ok(), "{created}");
+}
+
+#[tokio::test]
+async fn unbuilt_rpcs_answer_unimplemented_and_every_call_is_counted() {
+    let app = bank_testkit::spawn::<Probe>().await;
+    let mut client = IdentityServiceClient::new(app.channel().await);
+    let status = client.get_my_profile(GetMyProfileRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    let (_, metrics) = probe::http_get(app.admin_addr, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("grpc_server_requests_total")
+                && l.contains("GetMyProfile")
+                && l.contains("code=\"Unimplemented\"")
+        })
+        .unwrap_or_else(|| panic!("no counter for the call in:\n{metrics}"));
+    assert!(line.contains("service=\"probe\""), "{line}");
+    assert!(metrics.contains("grpc_server_request_duration_seconds_bucket"), "no latency histogram");
+}

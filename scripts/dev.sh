@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Brings the whole mesh up on this machine: PostgreSQL and Redis on 127.0.0.1 (started, or installed
+# from the OS packages, when absent), one database per service, a build, then all six processes.
+# Prints the endpoints and runs until Ctrl-C (or SIGTERM), then stops every process cleanly.
+#
+#   scripts/dev.sh            # debug build
+#   PROFILE=release scripts/dev.sh
+#   scripts/dev.sh --reset    # first drop every dev database and .dev/ (secrets, logs, mail)
+#
+# Logs: .dev/logs/<service>.log (JSON lines). Settings: each process reads BANK_* variables; put
+# overrides in .dev/env (sourced when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+profile="${PROFILE:-debug}"
+grpc_services=(identity accounts ledger cards notifications)
+declare -A grpc_port=([identity]=50051 [accounts]=50052 [ledger]=50053 [cards]=50054 [notifications]=50055)
+declare -A admin_port=([identity]=9101 [accounts]=9102 [ledger]=9103 [cards]=9104 [notifications]=9105 [gateway]=9106)
+gateway_port=8080
+
+ensure_rust
+ensure_postgres
+ensure_redis
+
+if [ "${1:-}" = "--reset" ]; then
+  log "reset: dropping the dev databases and .dev/"
+  for svc in "${grpc_services[@]}"; do psql_admin -c "DROP DATABASE IF EXISTS bank_${svc} WITH (FORCE)"; done
+  rm -rf .dev
+fi
+
+for svc in "${grpc_services[@]}"; do
+  db="bank_${svc}"
+  if [ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '${db}'")" ]; then
+    log "creating database ${db}"
+    psql_admin -c "CREATE DATABASE ${db}"
+  fi
+done
+
+log "building (${profile})"
+if [ "$profile" = release ]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
+bin="target/${profile}"
+
+for port in "${grpc_port[@]}" "${admin_port[@]}" "$gateway_port"; do
+  port_open "$port" && die "port $port is already in use (another mesh running?)"
+done
+
+mkdir -p .dev/logs .dev/secrets
+chmod 700 .dev/secrets
+[ -f .dev/env ] && source .dev/env
+
+# Development secrets, generated once per checkout and kept in .dev/secrets (git-ignored):
+# identity's key-encryption key, the first admin, and one service client per service.
+random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '\n/+=' | head -c "$2"; }
+[ -s .dev/secrets/kek ] || head -c 32 /dev/urandom | base64 > .dev/secrets/kek
+[ -s .dev/secrets/admin ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > .dev/secrets/admin
+if [ ! -s .dev/secrets/clients ]; then
+  {
+    echo "# client_id:secret:scopes — service clients identity provisions at start"
+    echo "accounts:$(random_secret 48 32):identity:introspect,ledger:accounts,ledger:read"
+    echo "ledger:$(random_secret 48 32):identity:introspect"
+    echo "cards:$(random_secret 48 32):identity:introspect,ledger:holds"
+    echo "notifications:$(random_secret 48 32):identity:introspect"
+    echo "gateway:$(random_secret 48 32):identity:introspect"
+  } > .dev/secrets/clients
+fi
+for svc in accounts ledger cards notifications gateway; do
+  grep "^${svc}:" .dev/secrets/clients | cut -d: -f2 > ".dev/secrets/client-${svc}"
+done
+chmod 600 .dev/secrets/*
+
+pids=()
+stopped=""
+stop_all() {
+  [ -n "$stopped" ] && return 0
+  stopped=1
+  [ "${#pids[@]}" -eq 0 ] && return 0
+  log "stopping the mesh (SIGTERM, then waiting for every process to drain)"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  log "stopped"
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+start() {
+  local svc=$1; shift
+  env BANK_ENV=local BANK_CONFIG_DIR="services/${svc}/config" "$@" \
+    "${bin}/${svc}" >".dev/logs/${svc}.log" 2>&1 &
+  pids+=("$!")
+}
+
+start identity \
+  BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[identity]}" \
+  BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[identity]}" \
+  BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/bank_identity" \
+  BANK_REDIS__URL="redis://127.0.0.1:6379" \
+  BANK_REDIS__KEY_PREFIX="bank:identity:" \
+  BANK_KEYS__KEK_FILE=.dev/secrets/kek \
+  BANK_BOOTSTRAP__ADMIN_FILE=.dev/secrets/admin \
+  BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE=.dev/secrets/clients \
+  BANK_EMAIL__DEV_MAIL_LOG=.dev/mail.log
+for svc in accounts ledger cards notifications; do
+  start "$svc" \
+    BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[$svc]}" \
+    BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[$svc]}" \
+    BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/bank_${svc}" \
+    BANK_REDIS__URL="redis://127.0.0.1:6379" \
+    BANK_REDIS__KEY_PREFIX="bank:${svc}:" \
+    BANK_AUTH__IDENTITY_URL="http://127.0.0.1:${grpc_port[identity]}" \
+    BANK_AUTH__CLIENT_ID="$svc" \
+    BANK_AUTH__CLIENT_SECRET_FILE=".dev/secrets/client-${svc}"
+done
+start gateway \
+  BANK_SERVER__LISTEN_ADDR="127.0.0.1:${gateway_port}" \
+  BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[gateway]}" \
+  BANK_REDIS__URL="redis://127.0.0.1:6379" \
+  BANK_REDIS__KEY_PREFIX="bank:gateway:"
+
+# Ready when every admin port answers /health/ready with 200.
+ready() {
+  local port=$1
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+  local status
+  status=$(head -n 1 <&3 | cut -d' ' -f2)
+  exec 3>&-
+  [ "$status" = 200 ]
+}
+for svc in "${grpc_services[@]}" gateway; do
+  ok=""
+  for _ in $(seq 1 120); do
+    if ready "${admin_port[$svc]}"; then ok=1; break; fi
+    sleep 0.25
+  done
+  [ -n "$ok" ] || { tail -n 20 ".dev/logs/${svc}.log" >&2; die "${svc} did not become ready (log: .dev/logs/${svc}.log)"; }
+done
+
+cat <<INFO
+
+bankmesh is up (${profile} build). Ctrl-C stops everything.
+
+  service        gRPC               admin (/metrics, /health/ready)
+INFO
+for svc in "${grpc_services[@]}"; do
+  printf '  %-14s %-18s http://127.0.0.1:%s\n' "$svc" "127.0.0.1:${grpc_port[$svc]}" "${admin_port[$svc]}"
+done
+printf '  %-14s %-18s http://127.0.0.1:%s   (REST)\n' gateway "http://127.0.0.1:${gateway_port}" "${admin_port[gateway]}"
+cat <<INFO
+
+  logs:      .dev/logs/<service>.log
+  emails:    .dev/mail.log   (verification and password-reset tokens, until notifications sends mail)
+  admin:     .dev/secrets/admin   (email:password of the first admin)
+  databases: postgres://postgres@127.0.0.1:5432/bank_<service>
+  try:       grpcurl -plaintext 127.0.0.1:50051 list
+             grpcurl -plaintext -d '{"email":"alice@example.com","password":"a long passphrase of yours","given_name":"Alice"}' \\
+               127.0.0.1:50051 bank.identity.v1.IdentityService/Register
+
+INFO
+
+# Run until a signal arrives or a process dies.
+while true; do
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "a process exited unexpectedly; see .dev/logs/"
+      exit 1
+    fi
+  done
+  sleep 1 & wait $! || true
+done

@@ -1,0 +1,7 @@
+//! The accounts service's rules and types: pure, no tonic, no sqlx.
+
+pub mod account;
+pub mod number;
+
+pub use account::{Action, Nickname, Product, Reason, Refusal, Status};
+pub use number::{AccountNumber, NumberPrefix};

@@ -1,0 +1,192 @@
+//! The ledger as accounts calls it: its gRPC contract over a lazily connected channel, every call
+//! authorised with this service's own service token (client credentials against identity; scopes
+//! `ledger:accounts` for the mirrors and `ledger:read` for balances).
+//!
+//! Why a service token for balances too (rather than forwarding the user's token): accounts has
+//! already decided who may see the account from its own authoritative owner column, the
+//! administrative views read other people's accounts (which a user token could not), and user
+//! tokens then never travel beyond the service they were presented to.
+
+use std::{sync::Arc, time::Duration};
+
+use bank_auth::ServiceTokens;
+use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, telemetry::inject_current};
+use bank_proto::{
+    common::v1::{Balances, Money},
+    ledger::v1::{
+        CreateLedgerAccountRequest, GetBalancesRequest, LedgerAccount, LedgerAccountStatus,
+        SetLedgerAccountStatusRequest, SetLedgerOverdraftLimitRequest,
+        ledger_service_client::LedgerServiceClient,
+    },
+};
+use tonic::{Code, Request, transport::Channel, transport::Endpoint};
+use uuid::Uuid;
+
+use crate::{config::Config, storage::AccountRow};
+
+/// How the ledger answered a call that did not succeed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A definitive refusal (e.g. `BALANCE_NOT_ZERO`): calling again would be refused again.
+    Refused(ServiceError),
+    /// The outcome is unknown or the ledger (or identity, for the token) could not answer: safe to
+    /// call again, which is what the reconciler does.
+    Unavailable(tonic::Status),
+}
+
+impl Failure {
+    /// A definitive refusal keeps the ledger's reason and message; anything else is UNAVAILABLE for
+    /// the client (the cause is logged once here).
+    pub(crate) fn into_client_error(self, retry_hint: &str) -> ServiceError {
+        match self {
+            Self::Refused(refused) => refused,
+            Self::Unavailable(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "ledger call failed");
+                ServiceError::new(ErrorCode::Unavailable, retry_hint)
+            }
+        }
+    }
+}
+
+fn classify(status: tonic::Status) -> Failure {
+    match status.code() {
+        Code::FailedPrecondition
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::OutOfRange => {
+            let code = reason_of(&status).unwrap_or(ErrorCode::FailedPrecondition);
+            Failure::Refused(ServiceError::new(code, status.message()))
+        }
+        // Unavailable, DeadlineExceeded, transport errors (Unknown), Internal, ResourceExhausted,
+        // Aborted, Cancelled, and also Unauthenticated/PermissionDenied (our credentials or
+        // scopes are misconfigured: fixing the configuration lets the reconciler finish).
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::Unauthenticated => Failure::Unavailable(status),
+    }
+}
+
+/// The ledger client with this service's credentials.
+#[derive(Clone)]
+pub(crate) struct Ledger {
+    client: LedgerServiceClient<Channel>,
+    tokens: Arc<ServiceTokens>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("tokens", &self.tokens).finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// A client of `ledger_url`, with service tokens from `auth.identity_url`. Connects lazily:
+    /// the service starts (and answers what it can) while the ledger is down.
+    ///
+    /// # Errors
+    /// An address is not a valid endpoint, or the client credentials are missing.
+    pub(crate) fn connect(config: &Config) -> Result<Self, BoxError> {
+        let ledger = Endpoint::from_shared(config.ledger_url.clone())
+            .map_err(|e| format!("ledger_url: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(config.ledger_timeout)
+            .connect_lazy();
+        let identity = Endpoint::from_shared(config.auth.identity_url.clone())
+            .map_err(|e| format!("auth.identity_url: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(config.ledger_timeout)
+            .connect_lazy();
+        let (Some(client_id), Some(secret)) = (&config.auth.client_id, &config.auth.client_secret) else {
+            return Err("auth.client_id: accounts needs client credentials to call the ledger".into());
+        };
+        let tokens = ServiceTokens::new(
+            identity,
+            client_id.clone(),
+            secret.clone(),
+            vec!["ledger:accounts".to_owned(), "ledger:read".to_owned()],
+        );
+        Ok(Self { client: LedgerServiceClient::new(ledger), tokens: Arc::new(tokens) })
+    }
+
+    /// `message` with the service token and the current trace context.
+    async fn request<T>(&self, message: T) -> Result<Request<T>, Failure> {
+        let mut request = Request::new(message);
+        self.tokens.authorize(&mut request).await.map_err(Failure::Unavailable)?;
+        inject_current(request.metadata_mut());
+        Ok(request)
+    }
+
+    /// Creates the ledger account behind `account` (idempotent by account id: a repeat answers the
+    /// existing ledger account).
+    pub(crate) async fn create_account(&self, account: &AccountRow) -> Result<LedgerAccount, Failure> {
+        let request = self
+            .request(CreateLedgerAccountRequest {
+                account_id: account.account_id.to_string(),
+                account_number: account.account_number.clone(),
+                owner_user_id: account.owner_user_id.to_string(),
+                currency: account.currency.clone(),
+            })
+            .await?;
+        let answer = self.client.clone().create_ledger_account(request).await.map_err(classify)?;
+        answer.into_inner().account.ok_or_else(|| Failure::Unavailable(tonic::Status::internal("no account")))
+    }
+
+    /// Mirrors a status (idempotent: setting the current status is a no-op).
+    pub(crate) async fn set_status(
+        &self,
+        account_id: Uuid,
+        status: LedgerAccountStatus,
+        credits_allowed: bool,
+    ) -> Result<LedgerAccount, Failure> {
+        let request = self
+            .request(SetLedgerAccountStatusRequest {
+                account_id: account_id.to_string(),
+                status: status as i32,
+                credits_allowed,
+            })
+            .await?;
+        let answer = self.client.clone().set_ledger_account_status(request).await.map_err(classify)?;
+        answer.into_inner().account.ok_or_else(|| Failure::Unavailable(tonic::Status::internal("no account")))
+    }
+
+    /// Mirrors an overdraft limit; `change_id` is the idempotency key of the call.
+    pub(crate) async fn set_overdraft_limit(
+        &self,
+        account_id: Uuid,
+        limit: Money,
+        change_id: Uuid,
+    ) -> Result<LedgerAccount, Failure> {
+        let mut request = self
+            .request(SetLedgerOverdraftLimitRequest {
+                account_id: account_id.to_string(),
+                limit: Some(limit),
+            })
+            .await?;
+        if let Ok(key) = change_id.to_string().parse() {
+            request.metadata_mut().insert(bank_platform::idempotency::METADATA_KEY, key);
+        }
+        let answer = self.client.clone().set_ledger_overdraft_limit(request).await.map_err(classify)?;
+        answer.into_inner().account.ok_or_else(|| Failure::Unavailable(tonic::Status::internal("no account")))
+    }
+
+    /// The account's current balances.
+    pub(crate) async fn balances(&self, account_id: Uuid) -> Result<Balances, Failure> {
+        let request =
+            self.request(GetBalancesRequest { account_id: account_id.to_string(), as_of: None }).await?;
+        let answer = self.client.clone().get_balances(request).await.map_err(classify)?;
+        answer
+            .into_inner()
+            .balances
+            .ok_or_else(|| Failure::Unavailable(tonic::Status::internal("no balances")))
+    }
+}

@@ -1,0 +1,9 @@
+//! The `cards` service through real gRPC clients, against a fresh database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+bank_testkit::standard_service_tests!(
+    bank_cards::Cards,
+    bank_cards::MIGRATOR,
+    ["bank.cards.v1.CardsService", "bank.cards.v1.CardsAdminService"]
+);

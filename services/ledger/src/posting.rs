@@ -1,0 +1,251 @@
+//! The posting engine: one journal transaction of two or more legs that sum to zero, applied with
+//! every involved account row locked in a fixed order (account id), every rule checked under those
+//! locks, balances and per-account hash chains updated in the same database transaction.
+
+use std::collections::BTreeMap;
+
+use bank_money::Amount;
+use bank_platform::{ErrorCode, ServiceError};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::storage::{self, AccountRow};
+
+/// Why a posting was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A business rule refused it (answered to the client as is).
+    #[error("{0}")]
+    Refused(ServiceError),
+    /// The database failed (serialization failures and deadlocks are retried by the caller).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    fn refused(code: ErrorCode, message: &str) -> Self {
+        Self::Refused(ServiceError::new(code, message))
+    }
+}
+
+/// One leg: a signed amount on an account (positive = credit).
+#[derive(Debug, Clone, Copy)]
+pub struct Leg {
+    /// The account.
+    pub account_id: Uuid,
+    /// Signed minor units.
+    pub amount: i64,
+}
+
+/// What to post.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    /// `transfer`, `deposit`, `withdrawal`, ...
+    pub kind: &'a str,
+    /// Shown in the history.
+    pub description: &'a str,
+    /// The principal (user id or client id).
+    pub initiated_by: &'a str,
+    /// The originating object's id.
+    pub reference_id: &'a str,
+    /// Administrator's reason.
+    pub reason: &'a str,
+    /// The currency of every leg.
+    pub currency: &'a str,
+    /// The legs (sum zero).
+    pub legs: Vec<Leg>,
+}
+
+/// A posted transaction with the accounts as they are after it.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// The transaction.
+    pub transaction_id: Uuid,
+    /// When.
+    pub posted_at: OffsetDateTime,
+    /// Entry id, account id, amount, balance after — per leg, in plan order.
+    pub entries: Vec<(Uuid, Uuid, i64, i64)>,
+    /// The accounts after posting.
+    pub accounts: BTreeMap<Uuid, AccountRow>,
+}
+
+/// What an entry's hash covers.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFacts<'a> {
+    /// Entry id.
+    pub entry_id: Uuid,
+    /// Its transaction.
+    pub transaction_id: Uuid,
+    /// Its account.
+    pub account_id: Uuid,
+    /// Chain position.
+    pub seq: i64,
+    /// Signed minor units.
+    pub amount: i64,
+    /// Currency.
+    pub currency: &'a str,
+    /// Posted balance after it.
+    pub balance_after: i64,
+    /// Posting time in microseconds since the epoch.
+    pub posted_at_micros: i128,
+}
+
+/// Hash of an entry in its account's chain: SHA-256 over the previous hash and the entry's facts.
+#[must_use]
+pub fn entry_hash(previous_hash: &str, facts: &EntryFacts<'_>) -> String {
+    let EntryFacts {
+        entry_id,
+        transaction_id,
+        account_id,
+        seq,
+        amount,
+        currency,
+        balance_after,
+        posted_at_micros,
+    } = *facts;
+    let canonical = format!(
+        "{entry_id}|{transaction_id}|{account_id}|{seq}|{amount}|{currency}|{balance_after}|{posted_at_micros}"
+    );
+    let mut hasher = Sha256::new();
+    hasher.update(previous_hash.as_bytes());
+    hasher.update(b"|");
+    hasher.update(canonical.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Locks the accounts (ascending id: a fixed order, so concurrent postings never deadlock on each
+/// other) and answers them by id; a missing id answers NOT_FOUND.
+///
+/// # Errors
+/// An account does not exist, or the database failed.
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<BTreeMap<Uuid, AccountRow>, Error> {
+    let mut sorted: Vec<Uuid> = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let rows = storage::lock_accounts(conn, &sorted).await?;
+    let accounts: BTreeMap<Uuid, AccountRow> = rows.into_iter().map(|r| (r.account_id, r)).collect();
+    if accounts.len() != sorted.len() {
+        return Err(Error::refused(ErrorCode::NotFound, "no such account"));
+    }
+    Ok(accounts)
+}
+
+/// Checks every rule on the locked `accounts` and posts `plan`.
+///
+/// Rules: legs sum to zero; every account in `plan.currency`; a debited customer account is active
+/// and keeps `available >= -overdraft_limit`; a credited customer account is not closed, and not
+/// frozen unless credits are allowed. System accounts take any amount.
+///
+/// # Errors
+/// A rule refused the posting, or the database failed.
+pub async fn post(
+    conn: &mut PgConnection,
+    accounts: &mut BTreeMap<Uuid, AccountRow>,
+    plan: &Plan<'_>,
+) -> Result<Posted, Error> {
+    if plan.legs.len() < 2 {
+        return Err(Error::refused(ErrorCode::Internal, "a transaction needs two legs"));
+    }
+    let mut sum: i64 = 0;
+    for leg in &plan.legs {
+        sum = sum
+            .checked_add(leg.amount)
+            .ok_or_else(|| Error::refused(ErrorCode::ValidationFailed, "amount out of range"))?;
+    }
+    if sum != 0 {
+        return Err(Error::refused(ErrorCode::Internal, "legs do not sum to zero"));
+    }
+    for leg in &plan.legs {
+        let account = accounts
+            .get(&leg.account_id)
+            .ok_or_else(|| Error::refused(ErrorCode::NotFound, "no such account"))?;
+        if account.currency != plan.currency {
+            return Err(Error::refused(ErrorCode::CurrencyMismatch, "the account is in another currency"));
+        }
+        if account.kind != "customer" {
+            continue;
+        }
+        if account.status == "closed" {
+            return Err(Error::refused(ErrorCode::AccountClosed, "the account is closed"));
+        }
+        if leg.amount < 0 {
+            if account.status == "frozen" {
+                return Err(Error::refused(ErrorCode::AccountFrozen, "the account is frozen"));
+            }
+            let debit = Amount::new(leg.amount.checked_neg().unwrap_or(i64::MAX))
+                .map_err(|_| Error::refused(ErrorCode::ValidationFailed, "amount out of range"))?;
+            let allowed = bank_money::can_debit(account.posted, account.held, account.overdraft_limit, debit)
+                .map_err(|_| Error::refused(ErrorCode::ValidationFailed, "amount out of range"))?;
+            if !allowed {
+                return Err(Error::refused(ErrorCode::InsufficientFunds, "insufficient funds"));
+            }
+        } else if account.status == "frozen" && !account.credits_allowed {
+            return Err(Error::refused(ErrorCode::AccountFrozen, "the account is frozen"));
+        }
+    }
+
+    let transaction_id = Uuid::now_v7();
+    let now = OffsetDateTime::now_utc();
+    let posted_at = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
+    let mut entries = Vec::with_capacity(plan.legs.len());
+    let mut rows = storage::PostingRows::default();
+    for leg in &plan.legs {
+        let account = accounts
+            .get_mut(&leg.account_id)
+            .ok_or_else(|| Error::refused(ErrorCode::NotFound, "no such account"))?;
+        let balance_after = bank_money::add(account.posted, leg.amount)
+            .map_err(|_| Error::refused(ErrorCode::ValidationFailed, "balance out of range"))?;
+        let seq = account.entry_count + 1;
+        let entry_id = Uuid::now_v7();
+        let hash = entry_hash(
+            &account.last_hash,
+            &EntryFacts {
+                entry_id,
+                transaction_id,
+                account_id: account.account_id,
+                seq,
+                amount: leg.amount,
+                currency: plan.currency,
+                balance_after,
+                posted_at_micros: posted_at.unix_timestamp_nanos() / 1000,
+            },
+        );
+        rows.entry(entry_id, account.account_id, leg.amount, balance_after, seq, &account.last_hash, &hash);
+        account.posted = balance_after;
+        account.entry_count = seq;
+        account.last_hash = hash;
+        entries.push((entry_id, account.account_id, leg.amount, balance_after));
+    }
+    for account in accounts.values() {
+        if plan.legs.iter().any(|l| l.account_id == account.account_id) {
+            rows.account(account.account_id, account.posted, account.entry_count, &account.last_hash);
+        }
+    }
+    // One round trip: the transaction, its entries and the accounts' balances and chain heads.
+    storage::write_posting(
+        conn,
+        &storage::NewTransaction {
+            transaction_id,
+            kind: plan.kind,
+            description: plan.description,
+            posted_at,
+            initiated_by: plan.initiated_by,
+            reference_id: plan.reference_id,
+            reason: plan.reason,
+            currency: plan.currency,
+        },
+        &rows,
+    )
+    .await?;
+    Ok(Posted { transaction_id, posted_at, entries, accounts: accounts.clone() })
+}
+
+/// Whether an error is a serialization failure or deadlock that a retry resolves.
+#[must_use]
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == "40001" || code == "40P01")
+}

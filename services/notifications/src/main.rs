@@ -1,0 +1,5 @@
+//! The `notifications` binary: everything lives in the library so tests start the very same service.
+
+fn main() -> std::process::ExitCode {
+    bank_platform::run_service::<bank_notifications::Notifications>()
+}
