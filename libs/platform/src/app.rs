@@ -40,6 +40,7 @@ pub struct AppBuilder {
     redis: Option<Redis>,
     authenticator: Option<Arc<AuthSlot>>,
     tasks: Vec<Task>,
+    checks: Vec<Box<dyn Check>>,
 }
 
 /// A background task of the process: started with the server, told to stop (its token is
@@ -96,6 +97,7 @@ impl AppBuilder {
             redis: None,
             authenticator: None,
             tasks: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -117,6 +119,13 @@ impl AppBuilder {
     #[must_use]
     pub fn authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {
         self.authenticator = Some(Arc::new(AuthSlot(authenticator)));
+        self
+    }
+
+    /// Readiness also depends on `check` (the gateway: every upstream's gRPC health).
+    #[must_use]
+    pub fn check(mut self, check: impl Check) -> Self {
+        self.checks.push(Box::new(check));
         self
     }
 
@@ -207,7 +216,8 @@ impl App {
     /// The server failed while running.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BoxError> {
         let App { builder, listener, admin_listener, readiness, .. } = self;
-        let AppBuilder { name, server, main, pool, redis, authenticator, tasks } = builder;
+        let AppBuilder { name, server, main, pool, redis, authenticator, tasks, checks: extra_checks } =
+            builder;
         let tasks_stop = CancellationToken::new();
         let tasks: Vec<_> = tasks.into_iter().map(|task| tokio::spawn(task(tasks_stop.clone()))).collect();
 
@@ -219,6 +229,7 @@ impl App {
         if let Some(redis) = redis {
             checks.push(Box::new(RedisCheck(redis)));
         }
+        checks.extend(extra_checks);
         let monitor_stop = CancellationToken::new();
         let monitor = tokio::spawn(readiness.clone().monitor(
             checks,
@@ -255,14 +266,14 @@ impl App {
         };
 
         tracing::info!(service = name, addr = %listener.local_addr()?, "serving");
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        });
         let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> = match main {
             Main::Grpc(services) => {
+                let incoming = TcpListenerStream::new(listener).map(|conn| {
+                    if let Ok(stream) = &conn {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    conn
+                });
                 let GrpcServices { mut routes, names, descriptor_sets } = services;
                 add_reflection(&mut routes, &names, &descriptor_sets)?;
                 let authenticator = authenticator.map(|slot| slot.0.clone());
@@ -289,9 +300,13 @@ impl App {
                 let router = router
                     .route("/health/live", axum::routing::get(admin::live))
                     .route("/health/ready", axum::routing::get(admin::ready).with_state(readiness.clone()));
-                let listener = tokio_stream_listener(incoming);
+                use axum::serve::ListenerExt as _;
+                let listener = listener.tap_io(|stream| {
+                    let _ = stream.set_nodelay(true);
+                });
                 Box::pin(async move {
-                    axum::serve(listener, router)
+                    // The peer address reaches handlers as `ConnectInfo<SocketAddr>` (client IP).
+                    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                         .with_graceful_shutdown(drain_signal)
                         .await
                         .map_err(BoxError::from)
@@ -351,44 +366,6 @@ fn add_reflection(
     routes.add_service(build().build_v1()?);
     routes.add_service(build().build_v1alpha()?);
     Ok(())
-}
-
-/// Adapts the (nodelay-setting) accept stream back into something `axum::serve` takes.
-fn tokio_stream_listener<S>(incoming: S) -> StreamListener<S> {
-    StreamListener { incoming }
-}
-
-struct StreamListener<S> {
-    incoming: S,
-}
-
-impl<S> axum::serve::Listener for StreamListener<S>
-where
-    S: tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Unpin + Send + 'static,
-{
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(stream)) => {
-                    if let Ok(addr) = stream.peer_addr() {
-                        return (stream, addr);
-                    }
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Err(std::io::Error::other("not known after wrapping"))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

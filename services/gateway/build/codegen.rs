@@ -85,6 +85,8 @@ fn spec_and_handler(out: &mut String, route: &Route, fixed: &BTreeSet<String>) {
     };
     let _ = writeln!(out, "static {spec}: RouteSpec = RouteSpec {{");
     let _ = writeln!(out, "    rpc: {:?},", format!("/{}", route.rpc()));
+    let _ = writeln!(out, "    upstream: Upstream::{},", route.upstream.to_upper_camel_case());
+    let _ = writeln!(out, "    idempotent: {},", route.verb.upper() == "GET");
     let _ = writeln!(out, "    body: {body},");
     out.push_str("    path_params: &[");
     for field in &route.path_params {
@@ -129,7 +131,7 @@ fn spec_and_handler(out: &mut String, route: &Route, fixed: &BTreeSet<String>) {
     let _ = writeln!(out, "    let channel = upstreams.{}.clone();", route.upstream);
     let _ = writeln!(
         out,
-        "    unary(&{spec}, &upstreams, request, move |request: ::tonic::Request<{input}>| async move {{ {client}::new(channel).{call}(request).await }}, {respond}).await"
+        "    unary(&{spec}, &upstreams, request, move |request: ::tonic::Request<{input}>| {{ let channel = channel.clone(); async move {{ {client}::new(channel).{call}(request).await }} }}, {respond}).await"
     );
     out.push_str("}\n\n");
 }

@@ -4,7 +4,11 @@
 
 use std::time::Instant;
 
-use axum::{extract::Request, middleware::Next, response::Response};
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::Response,
+};
 use bank_platform::telemetry;
 use http::HeaderValue;
 use tracing::Instrument as _;
@@ -37,6 +41,8 @@ pub(crate) async fn layer(mut request: Request, next: Next) -> Response {
 
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route template (bounded label values); unknown paths share one label.
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let span = tracing::info_span!(
         "http",
         http.method = %method,
@@ -55,7 +61,17 @@ pub(crate) async fn layer(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let status = response.status().as_u16();
-    let elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = start.elapsed();
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    metrics::counter!(
+        "gateway_http_requests_total",
+        "route" => route.clone(),
+        "method" => method.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("gateway_http_request_duration_seconds", "route" => route, "method" => method.to_string())
+        .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(http.status = status, elapsed_us, "request");

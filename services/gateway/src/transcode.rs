@@ -6,7 +6,11 @@
 //! the forwarded headers as metadata and the configured deadline; the answer is the response
 //! message as canonical proto3 JSON, or the status as problem+json.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::Body,
@@ -23,12 +27,14 @@ use tonic::{
 };
 
 use crate::{
-    config::UpstreamsConfig,
+    breaker::{Admission, Breaker},
+    client_ip::ClientIp,
+    config::{EdgeConfig, UpstreamsConfig},
     context::{REQUEST_ID, RequestId},
     problem::{Problem, Violation},
 };
 
-/// The largest request body read (larger ones answer 413).
+/// The default largest request body (`edge.max_body_bytes`; larger ones answer 413).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Metadata a client may never set: only the services' own layers write it.
@@ -58,6 +64,10 @@ pub struct RouteInfo {
 pub(crate) struct RouteSpec {
     /// The gRPC path, for logs.
     pub(crate) rpc: &'static str,
+    /// Which upstream serves it (its circuit breaker).
+    pub(crate) upstream: Upstream,
+    /// A read (GET): retried on UNAVAILABLE. Writes never are.
+    pub(crate) idempotent: bool,
     pub(crate) body: BodySpec,
     pub(crate) path_params: &'static [PathParam],
     pub(crate) query: &'static [QueryParam],
@@ -112,7 +122,37 @@ pub(crate) enum Kind {
     Enum,
 }
 
-/// One lazily connected channel per upstream service, and the per-request deadline.
+/// The upstream services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    Identity,
+    Accounts,
+    Ledger,
+    Cards,
+    Notifications,
+}
+
+impl Upstream {
+    pub(crate) const ALL: [Upstream; 5] =
+        [Self::Identity, Self::Accounts, Self::Ledger, Self::Cards, Self::Notifications];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Accounts => "accounts",
+            Self::Ledger => "ledger",
+            Self::Cards => "cards",
+            Self::Notifications => "notifications",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One lazily connected channel per upstream service, its circuit breaker, the per-request
+/// deadline, the retry policy of reads, and the body limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstreams {
     pub(crate) identity: Channel,
@@ -121,11 +161,34 @@ pub(crate) struct Upstreams {
     pub(crate) cards: Channel,
     pub(crate) notifications: Channel,
     pub(crate) timeout: Duration,
+    retries: u32,
+    retry_backoff: Duration,
+    breakers: Arc<[Breaker; 5]>,
+    max_body_bytes: usize,
+    max_json_depth: usize,
 }
 
 impl Upstreams {
+    /// The channel of `upstream`.
+    pub(crate) fn channel(&self, upstream: Upstream) -> &Channel {
+        match upstream {
+            Upstream::Identity => &self.identity,
+            Upstream::Accounts => &self.accounts,
+            Upstream::Ledger => &self.ledger,
+            Upstream::Cards => &self.cards,
+            Upstream::Notifications => &self.notifications,
+        }
+    }
+
+    fn breaker(&self, upstream: Upstream) -> &Breaker {
+        &self.breakers[upstream.index()]
+    }
+
     /// Channels that connect on first use (and reconnect by themselves).
-    pub(crate) fn connect_lazy(config: &UpstreamsConfig) -> Result<Self, bank_platform::BoxError> {
+    pub(crate) fn connect_lazy(
+        config: &UpstreamsConfig,
+        edge: &EdgeConfig,
+    ) -> Result<Self, bank_platform::BoxError> {
         let channel = |setting: &str, url: &str| -> Result<Channel, bank_platform::BoxError> {
             Ok(Endpoint::from_shared(url.to_owned())
                 .map_err(|e| format!("upstreams.{setting}: {e}"))?
@@ -140,11 +203,21 @@ impl Upstreams {
             cards: channel("cards", &config.cards)?,
             notifications: channel("notifications", &config.notifications)?,
             timeout: config.request_timeout,
+            retries: config.retries,
+            retry_backoff: config.retry_backoff,
+            breakers: Arc::new(
+                Upstream::ALL
+                    .map(|u| Breaker::new(u.name(), config.breaker_failures, config.breaker_open_for)),
+            ),
+            max_body_bytes: edge.max_body_bytes,
+            max_json_depth: edge.max_json_depth,
         })
     }
 }
 
 /// Transcodes one unary call: request JSON -> `Req` -> `call` -> `respond` (or problem+json).
+/// Reads that fail with UNAVAILABLE are retried (backoff with full jitter, within the deadline);
+/// an open circuit answers 503 at once.
 pub(crate) async fn unary<Req, Resp, Call, Fut>(
     spec: &'static RouteSpec,
     upstreams: &Upstreams,
@@ -153,50 +226,126 @@ pub(crate) async fn unary<Req, Resp, Call, Fut>(
     respond: fn(Resp) -> Response,
 ) -> Response
 where
-    Req: DeserializeOwned,
-    Call: FnOnce(tonic::Request<Req>) -> Fut,
+    Req: DeserializeOwned + Clone,
+    Call: Fn(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
     let (mut parts, body) = request.into_parts();
-    let message = match decode::<Req>(spec, &mut parts, body).await {
+    let message = match decode::<Req>(spec, upstreams, &mut parts, body).await {
         Ok(message) => message,
         Err(problem) => return (*problem).into_response(),
     };
-    let mut grpc = tonic::Request::new(message);
     let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.as_str());
-    forward_metadata(&parts.headers, request_id, grpc.metadata_mut());
-    grpc.set_timeout(upstreams.timeout);
-    match tokio::time::timeout(upstreams.timeout + DEADLINE_GRACE, call(grpc)).await {
-        Ok(Ok(response)) => {
-            // A replayed idempotent answer says so to the client as well.
-            let replayed = response.metadata().contains_key(bank_platform::idempotency::REPLAYED);
-            let mut answer = respond(response.into_inner());
-            if replayed {
-                answer.headers_mut().insert(
-                    http::HeaderName::from_static(bank_platform::idempotency::REPLAYED),
-                    http::HeaderValue::from_static("true"),
-                );
-            }
-            answer
+    let client_ip = parts.extensions.get::<ClientIp>().map(|ip| ip.0);
+    let breaker = upstreams.breaker(spec.upstream);
+    let deadline = Instant::now() + upstreams.timeout;
+    let attempts = if spec.idempotent { 1 + upstreams.retries } else { 1 };
+    let mut message = Some(message);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if let Admission::Refused(wait) = breaker.admit() {
+            let mut problem = Problem::new(ErrorCode::Unavailable, "the service is unavailable; retry later");
+            problem.retry_after = Some(wait.as_secs().max(1));
+            return problem.into_response();
         }
-        Ok(Err(status)) => Problem::from_status(spec.rpc, &status).into_response(),
-        Err(_) => {
-            tracing::warn!(rpc = spec.rpc, timeout = ?upstreams.timeout, "upstream deadline passed");
-            Problem::new(ErrorCode::DeadlineExceeded, "the deadline passed before the outcome was known")
-                .into_response()
+        let last = attempt >= attempts;
+        let Some(body) = (if last { message.take() } else { message.clone() }) else {
+            breaker.abandoned();
+            return Problem::new(ErrorCode::Internal, "internal error").into_response();
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut grpc = tonic::Request::new(body);
+        forward_metadata(&parts.headers, request_id, client_ip, grpc.metadata_mut());
+        grpc.set_timeout(remaining);
+        let outcome = tokio::time::timeout(remaining + DEADLINE_GRACE, call(grpc)).await;
+        match outcome {
+            Ok(Ok(response)) => {
+                breaker.success();
+                // A replayed idempotent answer says so to the client as well.
+                let replayed = response.metadata().contains_key(bank_platform::idempotency::REPLAYED);
+                let mut answer = respond(response.into_inner());
+                if replayed {
+                    answer.headers_mut().insert(
+                        http::HeaderName::from_static(bank_platform::idempotency::REPLAYED),
+                        http::HeaderValue::from_static("true"),
+                    );
+                }
+                return answer;
+            }
+            // The client's transport gave up (a connect or request timeout): the upstream did not
+            // answer. Past our deadline that is 504; before it, the upstream is unavailable.
+            Ok(Err(status)) if status.code() == tonic::Code::Cancelled && Instant::now() >= deadline => {
+                breaker.failure();
+                tracing::warn!(rpc = spec.rpc, timeout = ?upstreams.timeout, "upstream deadline passed");
+                return Problem::new(
+                    ErrorCode::DeadlineExceeded,
+                    "the deadline passed before the outcome was known",
+                )
+                .into_response();
+            }
+            Ok(Err(status)) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) => {
+                let status = if status.code() == tonic::Code::Cancelled {
+                    tracing::warn!(
+                        rpc = spec.rpc,
+                        message = status.message(),
+                        "upstream call cancelled by the transport"
+                    );
+                    tonic::Status::unavailable("the upstream did not answer")
+                } else {
+                    status
+                };
+                breaker.failure();
+                let backoff = jittered(upstreams.retry_backoff, attempt);
+                if !last && Instant::now() + backoff < deadline {
+                    metrics::counter!("gateway_upstream_retries_total", "upstream" => spec.upstream.name())
+                        .increment(1);
+                    tracing::info!(rpc = spec.rpc, attempt, backoff = ?backoff, "upstream unavailable: retrying a read");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                return Problem::from_status(spec.rpc, &status).into_response();
+            }
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::DeadlineExceeded {
+                    breaker.failure();
+                } else {
+                    breaker.success();
+                }
+                return Problem::from_status(spec.rpc, &status).into_response();
+            }
+            Err(_) => {
+                breaker.failure();
+                tracing::warn!(rpc = spec.rpc, timeout = ?upstreams.timeout, "upstream deadline passed");
+                return Problem::new(
+                    ErrorCode::DeadlineExceeded,
+                    "the deadline passed before the outcome was known",
+                )
+                .into_response();
+            }
         }
     }
+}
+
+/// Full jitter: a uniform wait in `[0, base * 2^(attempt-1)]`.
+fn jittered(base: Duration, attempt: u32) -> Duration {
+    use rand::Rng as _;
+    let cap = base.saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    let cap_us = u64::try_from(cap.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(rand::thread_rng().gen_range(0..=cap_us))
 }
 
 /// Builds the request message from body, path and query.
 async fn decode<Req: DeserializeOwned>(
     spec: &RouteSpec,
+    upstreams: &Upstreams,
     parts: &mut Parts,
     body: Body,
 ) -> Result<Req, Refusal> {
+    let limits = (upstreams.max_body_bytes, upstreams.max_json_depth);
     let mut object = match spec.body {
         BodySpec::None => Map::new(),
-        BodySpec::All => match read_json(&parts.headers, body).await? {
+        BodySpec::All => match read_json(&parts.headers, body, limits).await? {
             None => Map::new(),
             Some(Value::Object(object)) => object,
             Some(_) => {
@@ -210,7 +359,7 @@ async fn decode<Req: DeserializeOwned>(
         },
         BodySpec::Field(name) => {
             let mut object = Map::new();
-            if let Some(value) = read_json(&parts.headers, body).await? {
+            if let Some(value) = read_json(&parts.headers, body, limits).await? {
                 object.insert(name.to_owned(), value);
             }
             object
@@ -247,16 +396,17 @@ async fn decode<Req: DeserializeOwned>(
 }
 
 /// Reads the body as JSON: `None` when it is empty. Anything but `application/json` is refused
-/// with 415, oversized bodies with 413.
-async fn read_json(headers: &HeaderMap, body: Body) -> Result<Option<Value>, Refusal> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+/// with 415, oversized bodies with 413, nesting deeper than the limit with 400.
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    (max_bytes, max_depth): (usize, usize),
+) -> Result<Option<Value>, Refusal> {
+    let bytes = axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>);
         if too_large {
-            Problem::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            )
+            Problem::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {max_bytes} bytes"))
         } else {
             Problem::new(ErrorCode::ValidationFailed, "the body could not be read")
         }
@@ -271,9 +421,43 @@ async fn read_json(headers: &HeaderMap, body: Body) -> Result<Option<Value>, Ref
         )
         .into());
     }
+    if json_depth(&bytes) > max_depth {
+        return Err(Problem::invalid(vec![Violation::new(
+            "",
+            "TOO_DEEP",
+            format!("the body nests deeper than {max_depth} levels"),
+        )])
+        .into());
+    }
     Ok(serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Problem::new(ErrorCode::ValidationFailed, format!("the body is not valid JSON: {e}")))?)
+}
+
+/// The deepest nesting of arrays and objects in `bytes` (strings skipped), without parsing.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                (false, _) => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// `application/json`, with any parameters (`; charset=utf-8`).
@@ -418,7 +602,12 @@ fn json_problem(err: serde_path_to_error::Error<serde_json::Error>) -> Problem {
 
 /// Copies what the upstream may see: the credentials, the idempotency key, the request id and
 /// the trace context. Nothing else crosses, so client-sent internal metadata cannot.
-fn forward_metadata(headers: &HeaderMap, request_id: Option<&str>, metadata: &mut MetadataMap) {
+fn forward_metadata(
+    headers: &HeaderMap,
+    request_id: Option<&str>,
+    client_ip: Option<std::net::IpAddr>,
+    metadata: &mut MetadataMap,
+) {
     for name in [header::AUTHORIZATION.as_str(), "idempotency-key"] {
         if let Some(value) = headers.get(name).and_then(|v| AsciiMetadataValue::try_from(v.as_bytes()).ok()) {
             metadata.insert(name, value);
@@ -426,6 +615,11 @@ fn forward_metadata(headers: &HeaderMap, request_id: Option<&str>, metadata: &mu
     }
     if let Some(value) = request_id.and_then(|id| AsciiMetadataValue::try_from(id).ok()) {
         metadata.insert(REQUEST_ID, value);
+    }
+    // The client's address as the gateway resolved it (socket, or trusted proxies' header); the
+    // client's own X-Forwarded-For never crosses.
+    if let Some(value) = client_ip.and_then(|ip| AsciiMetadataValue::try_from(ip.to_string()).ok()) {
+        metadata.insert("x-forwarded-for", value);
     }
     // The end user's agent (services record it on sessions and audit entries); the gateway's own
     // `user-agent` is tonic's.
@@ -543,6 +737,8 @@ mod tests {
 
     static SPEC: RouteSpec = RouteSpec {
         rpc: "/t.T/M",
+        upstream: Upstream::Identity,
+        idempotent: true,
         body: BodySpec::None,
         path_params: &[],
         query: &[
@@ -652,6 +848,13 @@ mod tests {
     }
 
     #[test]
+    fn json_depth_skips_strings() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[{{{"}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[""#), 0);
+        assert_eq!(json_depth(b"1"), 0);
+    }
+
+    #[test]
     fn internal_metadata_never_crosses() {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer t"));
@@ -659,8 +862,10 @@ mod tests {
         headers.insert("x-roles", HeaderValue::from_static("admin"));
         headers.insert("idempotency-key", HeaderValue::from_static("k1"));
         headers.insert("cookie", HeaderValue::from_static("session=1"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         let mut metadata = MetadataMap::new();
-        forward_metadata(&headers, Some("rid-1"), &mut metadata);
+        forward_metadata(&headers, Some("rid-1"), Some("203.0.113.9".parse().unwrap()), &mut metadata);
+        assert_eq!(metadata.get("x-forwarded-for").unwrap(), "203.0.113.9");
         assert_eq!(metadata.get("authorization").unwrap(), "Bearer t");
         assert_eq!(metadata.get("idempotency-key").unwrap(), "k1");
         assert_eq!(metadata.get("x-request-id").unwrap(), "rid-1");

@@ -5,12 +5,14 @@
 
 #[path = "support/client.rs"]
 mod client;
+#[path = "support/gateway.rs"]
+mod gateway;
 
 use std::{collections::BTreeSet, path::Path};
 
 use bank_gateway::Gateway;
 use bank_testkit::{
-    Options, TestApp, TestIdentity,
+    TestApp, TestIdentity,
     identity::{ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD},
     probe::http_get,
 };
@@ -20,15 +22,12 @@ use prost_reflect::DescriptorPool;
 use serde_json::{Value, json};
 
 async fn gateway_for(identity: &TestIdentity) -> TestApp {
-    bank_testkit::spawn_with::<Gateway>(
-        Options::default().database(false).redis(true).set("upstreams.identity", identity.url()),
-    )
-    .await
+    bank_testkit::spawn_with::<Gateway>(gateway::options(Some(identity))).await
 }
 
 #[tokio::test]
 async fn answers_health_and_metrics_and_problem_json_for_unknown_routes() {
-    let app = bank_testkit::spawn_with::<Gateway>(Options::default().database(false).redis(true)).await;
+    let app = bank_testkit::spawn_with::<Gateway>(gateway::options(None)).await;
     assert_eq!(http_get(app.addr, "/health/live").await.0, 200);
     assert_eq!(http_get(app.addr, "/health/ready").await.0, 200);
     assert_eq!(http_get(app.admin_addr, "/metrics").await.0, 200);
@@ -56,8 +55,8 @@ async fn readiness_follows_redis_and_recovers_without_a_restart() {
     let proxy = bank_testkit::TcpProxy::start(redis_addr).await;
     let namespace = bank_testkit::TestRedis::new();
     let app = bank_testkit::spawn_with::<Gateway>(
-        Options::default()
-            .database(false)
+        gateway::options(None)
+            .redis(false)
             .set("redis.url", format!("redis://{}", proxy.addr()))
             .set("redis.key_prefix", namespace.prefix())
             .set("redis.timeout", "500ms"),
@@ -330,34 +329,53 @@ async fn every_failure_is_one_problem_shape() {
     assert!(ok.header("x-request-id").is_some());
 }
 
-/// An upstream that is down answers 503 UNAVAILABLE, without the transport's details.
+/// An upstream that is down answers 503 UNAVAILABLE, without the transport's details; reads are
+/// retried; after `breaker_failures` failures the circuit opens and answers 503 with
+/// `Retry-After` without calling, and the breaker's state is a metric.
 #[tokio::test]
-async fn an_unreachable_upstream_is_a_generic_503() {
+async fn an_unreachable_upstream_is_a_generic_503_and_opens_its_circuit() {
+    let identity = TestIdentity::spawn().await;
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
     let gateway = bank_testkit::spawn_with::<Gateway>(
-        Options::default()
-            .database(false)
-            .redis(true)
+        gateway::options(Some(&identity))
             .set("upstreams.accounts", format!("http://{closed}"))
-            .set("upstreams.connect_timeout", "500ms"),
+            .set("upstreams.connect_timeout", "500ms")
+            .set("upstreams.retries", 1)
+            .set("upstreams.retry_backoff", "1ms")
+            .set("upstreams.breaker_failures", 4)
+            .set("upstreams.breaker_open_for", "30s"),
     )
     .await;
     let http = Http::new(gateway.addr);
-    let answer = http.get("/api/v1/accounts?includeClosed=true", Some("any")).await;
-    let problem = answer.problem(503, "UNAVAILABLE");
-    assert_eq!(problem["code"], "UNAVAILABLE");
-    let detail = problem["detail"].as_str().unwrap();
-    assert!(!detail.contains("127.0.0.1") && !detail.contains("connect"), "{detail}");
+    let admin = identity.admin().await;
+    let token = Some(admin.access_token.as_str());
+    // Two reads, each tried twice: four failures open the circuit.
+    for _ in 0..2 {
+        let answer = http.get("/api/v1/accounts?includeClosed=true", token).await;
+        let problem = answer.problem(503, "UNAVAILABLE");
+        assert_eq!(problem["code"], "UNAVAILABLE");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(!detail.contains("127.0.0.1") && !detail.contains("connect"), "{detail}");
+    }
+    let open = http.get("/api/v1/accounts", token).await;
+    open.problem(503, "UNAVAILABLE");
+    let wait: u64 = open.header("retry-after").expect("Retry-After while open").parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let (_, metrics) = http_get(gateway.admin_addr, "/metrics").await;
+    assert!(metrics.contains(r#"gateway_circuit_breaker_state{upstream="accounts"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_upstream_retries_total{upstream="accounts"}"#), "{metrics}");
+    // Other upstreams are not affected.
+    assert_eq!(http.get("/api/v1/me", token).await.status, 200);
 }
 
 /// The OpenAPI document lists exactly the annotated RPCs (recomputed here from the descriptors,
 /// independently of the generator) plus the two hand-written routes, and is valid OpenAPI 3.1.
 #[tokio::test]
 async fn the_openapi_document_covers_every_annotated_rpc() {
-    let gateway = bank_testkit::spawn_with::<Gateway>(Options::default().database(false).redis(true)).await;
+    let gateway = bank_testkit::spawn_with::<Gateway>(gateway::options(None)).await;
     let http = Http::new(gateway.addr);
     let answer = http.get("/api/v1/openapi.json", None).await;
     assert_eq!(answer.status, 200);

@@ -1,0 +1,211 @@
+//! Per route, before the upstream call: rate limits and authentication.
+//!
+//! Every request is charged to its client IP; public auth routes (register, login, refresh,
+//! password reset, ...) also to the stricter per-IP auth class; authenticated routes to the user.
+//! A protected route needs a bearer token that `bank-auth` accepts (signature, claims, revocation)
+//! before any upstream is called; a refused token is still charged to the IP, so guessing tokens
+//! is limited like everything else. Login (and the MFA step of it) is also charged to the
+//! failed-login buckets — per IP and per submitted username, existing or not — and refunded when
+//! the attempt did not fail with 401, so only failures use them up: the sixth failure within a
+//! minute answers 429 with `Retry-After`, whatever the password.
+//!
+//! Limited routes carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds)
+//! of the most constrained bucket.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{MatchedPath, Request, State},
+    middleware::Next,
+    response::{IntoResponse as _, Response},
+};
+use bank_auth::{Authenticator, Subject};
+use bank_platform::ErrorCode;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+use crate::{
+    client_ip::ClientIp,
+    problem::Problem,
+    ratelimit::{Bucket, Decision, Limiter, username_key},
+    transcode::RouteInfo,
+};
+
+/// The RPCs whose failures use up the failed-login allowance.
+const LOGIN_RPCS: [&str; 2] =
+    ["bank.identity.v1.IdentityService/Login", "bank.identity.v1.IdentityService/CompleteMfaLogin"];
+
+/// The routes' rate limits and authentication.
+pub(crate) struct Gate {
+    routes: HashMap<(Method, &'static str), &'static RouteInfo>,
+    limiter: Limiter,
+    authenticator: Arc<Authenticator>,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("routes", &self.routes.len())
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(
+        routes: &'static [RouteInfo],
+        limiter: Limiter,
+        authenticator: Arc<Authenticator>,
+        max_body_bytes: usize,
+    ) -> Self {
+        let routes = routes
+            .iter()
+            .filter_map(|r| Some(((Method::from_bytes(r.method.as_bytes()).ok()?, r.path), r)))
+            .collect();
+        Self { routes, limiter, authenticator, max_body_bytes }
+    }
+}
+
+/// See the module documentation.
+pub(crate) async fn layer(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|path| gate.routes.get(&(request.method().clone(), path.as_str())).copied());
+    // Hand-written routes (the OpenAPI document, the JWKS) are public and not auth routes.
+    let public = route.is_none_or(|r| r.public);
+    let auth_route = route.is_some_and(|r| r.public);
+    let login = route.is_some_and(|r| LOGIN_RPCS.contains(&r.rpc));
+    let ip = request.extensions().get::<ClientIp>().map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    let config = gate.limiter.config();
+
+    let mut buckets = vec![Bucket::new(format!("ip:{ip}"), config.per_ip, false)];
+    if auth_route {
+        buckets.push(Bucket::new(format!("auth-ip:{ip}"), config.auth_per_ip, true));
+    }
+
+    // Login: the failed-login buckets, per IP and per submitted username.
+    let mut request = request;
+    let mut login_buckets = Vec::new();
+    if login {
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, gate.max_body_bytes).await else {
+            return Problem::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is larger than {} bytes", gate.max_body_bytes),
+            )
+            .into_response();
+        };
+        login_buckets.push(Bucket::new(format!("login-ip:{ip}"), config.failed_logins_per_ip, true));
+        if let Some(username) = submitted_username(&bytes) {
+            login_buckets.push(Bucket::new(
+                format!("login-user:{}", username_key(&username)),
+                config.failed_logins_per_username,
+                true,
+            ));
+        }
+        buckets.extend(login_buckets.iter().cloned());
+        request = Request::from_parts(parts, Body::from(bytes));
+    }
+
+    if !public {
+        let refused = match bearer(request.headers()) {
+            None => Err(Problem::new(ErrorCode::Unauthenticated, "authentication required")),
+            Some(token) => match gate.authenticator.principal_for(token).await {
+                Ok(principal) => {
+                    let who = match &principal.subject {
+                        Subject::User(id) => format!("user:{id}"),
+                        Subject::Service(client) => format!("client:{client}"),
+                    };
+                    buckets.push(Bucket::new(who, config.per_user, false));
+                    Ok(())
+                }
+                Err(status) => Err(Problem::from_status("gateway/authenticate", &status)),
+            },
+        };
+        if let Err(problem) = refused {
+            // Refused tokens still count against the IP (token guessing is limited too).
+            let decision = gate.limiter.charge("auth_failure", &buckets).await;
+            if !decision.allowed {
+                return limited(decision);
+            }
+            return with_headers(problem.into_response(), decision);
+        }
+    }
+
+    let class = if login {
+        "login"
+    } else if auth_route {
+        "auth"
+    } else if public {
+        "public"
+    } else {
+        "user"
+    };
+    let decision = gate.limiter.charge(class, &buckets).await;
+    if !decision.allowed {
+        return limited(decision);
+    }
+    let response = next.run(request).await;
+    if login && response.status() != StatusCode::UNAUTHORIZED {
+        // Not a failed login: give the failed-login allowance back.
+        gate.limiter.refund("login", &login_buckets).await;
+    }
+    with_headers(response, decision)
+}
+
+/// The `email` member of a login body (absent or unparsable: no per-username bucket; the
+/// upstream will refuse the request anyway).
+fn submitted_username(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("email")?.as_str().filter(|e| !e.trim().is_empty()).map(str::to_owned)
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// 429 with `Retry-After` from the limiter's state.
+fn limited(decision: Decision) -> Response {
+    let mut problem =
+        Problem::new(ErrorCode::RateLimited, "too many requests; retry after the indicated time");
+    problem.retry_after = Some(ceil_secs(decision.retry_after).max(1));
+    with_headers(problem.into_response(), decision)
+}
+
+fn with_headers(mut response: Response, decision: Decision) -> Response {
+    if decision.is_limited() {
+        let headers = response.headers_mut();
+        headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(ceil_secs(decision.reset)));
+    }
+    response
+}
+
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_username_comes_from_the_login_body() {
+        assert_eq!(submitted_username(br#"{"email":"a@b.c","password":"x"}"#).as_deref(), Some("a@b.c"));
+        assert_eq!(submitted_username(br#"{"password":"x"}"#), None);
+        assert_eq!(submitted_username(b"not json"), None);
+        assert_eq!(submitted_username(br#"{"email":" "}"#), None);
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(std::time::Duration::from_millis(11_001)), 12);
+        assert_eq!(ceil_secs(std::time::Duration::from_secs(3)), 3);
+    }
+}
