@@ -1,8 +1,10 @@
 //! The tonic implementations of the ledger's contracts and the proto <-> row conversions.
 //!
-//! Built so far: ledger accounts (service scope), balances, history, internal transfers, deposits,
-//! withdrawals and the integrity checks. The other RPCs keep the generated `UNIMPLEMENTED` until
-//! their part of the accounts-and-ledger issue lands (see the README status table).
+//! Built so far: ledger accounts (service scope), balances (current and historical), history with
+//! filters and allowlisted sorts, internal transfers and their queries, deposits, withdrawals,
+//! holds, reversals, low-balance thresholds, period summaries and the integrity checks. Scheduled
+//! and external transfers, FX quotes and interest keep the generated `UNIMPLEMENTED` until their
+//! part of the accounts-and-ledger issue lands (see the README status table).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -158,6 +160,7 @@ fn ledger_account(row: &AccountRow) -> LedgerAccount {
         overdraft_limit: Some(money(&row.currency, row.overdraft_limit)),
         balances: Some(balances(row)),
         created_at: Some(timestamp(row.created_at)),
+        low_balance_threshold: row.low_balance_threshold.map(|t| money(&row.currency, t)),
     }
 }
 
@@ -241,8 +244,27 @@ fn transaction(posted: &posting::Posted, plan: &Plan<'_>) -> Transaction {
 }
 
 /// Runs `attempt` in a fresh transaction, retrying serialization failures and deadlocks (never
-/// surfaced to clients). The transaction commits when `attempt` answers `Ok`.
+/// surfaced to clients). The transaction commits when `attempt` answers `Ok`. Every write of the
+/// ledger goes through here, so `ledger_posting_duration_seconds` (by result, retries included)
+/// is the posting latency.
 async fn in_transaction<T, F>(pool: &PgPool, mut attempt: F) -> Result<T, Status>
+where
+    F: for<'c> FnMut(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, posting::Error>>,
+{
+    let started = std::time::Instant::now();
+    let outcome = retrying(pool, &mut attempt).await;
+    let result = match &outcome {
+        Ok(_) => "committed",
+        Err(status) if status.code() == tonic::Code::Internal => "failed",
+        Err(status) if status.code() == tonic::Code::Unavailable => "gave_up",
+        Err(_) => "refused",
+    };
+    metrics::histogram!("ledger_posting_duration_seconds", "result" => result)
+        .record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+async fn retrying<T, F>(pool: &PgPool, attempt: &mut F) -> Result<T, Status>
 where
     F: for<'c> FnMut(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, posting::Error>>,
 {
@@ -562,6 +584,8 @@ impl LedgerService for Api {
                     reference_id: &reference,
                     reason: "",
                     currency: &hold.currency,
+                    reverses: None,
+                    correction: false,
                     legs: vec![
                         Leg { account_id: hold.account_id, amount: -amount },
                         Leg { account_id: system_id, amount },
@@ -653,6 +677,8 @@ impl LedgerService for Api {
                     reference_id: &reference,
                     reason: "",
                     currency: &hold.currency,
+                    reverses: None,
+                    correction: false,
                     legs: vec![
                         Leg { account_id: system_id, amount: -amount.minor_units() },
                         Leg { account_id: hold.account_id, amount: amount.minor_units() },
@@ -713,18 +739,33 @@ impl LedgerService for Api {
         let principal = principal(&request)?.clone();
         let req = request.into_inner();
         let account_id = uuid_field("account_id", &req.account_id)?;
-        if req.as_of.is_some() {
-            return Err(ServiceError::new(
-                ErrorCode::Unimplemented,
-                "historical balances come with statements",
-            )
-            .into());
-        }
+        let as_of = match req.as_of {
+            Some(t) => {
+                let at = instant("as_of", t)?;
+                if at > OffsetDateTime::now_utc() {
+                    return Err(invalid("as_of", "OUT_OF_RANGE", "must not be in the future"));
+                }
+                Some(at)
+            }
+            None => None,
+        };
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let account =
             storage::account(&mut conn, account_id).await.map_err(internal)?.ok_or_else(not_found)?;
         if !may_read(&principal, &account) {
             return Err(not_found());
+        }
+        if let Some(at) = as_of {
+            let posted = storage::posted_before(&mut conn, account_id, at).await.map_err(internal)?;
+            return Ok(Response::new(GetBalancesResponse {
+                balances: Some(Balances {
+                    posted: Some(money(&account.currency, posted)),
+                    held: None,
+                    available: None,
+                    as_of: Some(timestamp(at)),
+                }),
+                overdraft_limit: Some(money(&account.currency, account.overdraft_limit)),
+            }));
         }
         Ok(Response::new(GetBalancesResponse {
             balances: Some(balances(&account)),
@@ -735,56 +776,136 @@ impl LedgerService for Api {
     async fn list_entries(&self, request: Request<ListEntriesRequest>) -> Answer<ListEntriesResponse> {
         let principal = principal(&request)?.clone();
         let req = request.into_inner();
+        let query = EntryQuery::parse(
+            &req.account_id,
+            req.page.as_ref(),
+            (req.from_time, req.to_time),
+            req.direction,
+            (req.min_amount_minor_units, req.max_amount_minor_units),
+            req.sort,
+        )?;
+        let (entries, page_info) = self.entries_page(&query, |account| may_read(&principal, account)).await?;
+        Ok(Response::new(ListEntriesResponse { entries, page_info: Some(page_info) }))
+    }
+
+    async fn get_transfer(&self, request: Request<GetTransferRequest>) -> Answer<GetTransferResponse> {
+        let user = user_of(&request)?;
+        let transfer_id = uuid_field("transfer_id", &request.get_ref().transfer_id)?;
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let row = storage::transfer_for(&mut conn, transfer_id, user)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::from(ServiceError::new(ErrorCode::NotFound, "no such transfer")))?;
+        Ok(Response::new(GetTransferResponse { transfer: Some(transfer_message(&row, user)) }))
+    }
+
+    async fn list_transfers(&self, request: Request<ListTransfersRequest>) -> Answer<ListTransfersResponse> {
+        const KIND: &str = "transfers";
+        let user = user_of(&request)?;
+        let req = request.into_inner();
+        let page_request = req.page.unwrap_or_default();
+        let page = Page::parse(page_request.page_size, &page_request.page_token, KIND, 50, 200)?;
+        let account =
+            if req.account_id.is_empty() { None } else { Some(uuid_field("account_id", &req.account_id)?) };
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        if let Some(account) = account {
+            // Only the caller's own account; anyone else's answers like a missing one.
+            let row = storage::account(&mut conn, account).await.map_err(internal)?;
+            if row.is_none_or(|a| a.owner_user_id != Some(user)) {
+                return Err(not_found());
+            }
+        }
+        let before = if page.position == 0 { i64::MAX } else { page.position };
+        let rows =
+            storage::transfers_for(&mut conn, user, account, before, page.size).await.map_err(internal)?;
+        let next = page.next_token(KIND, rows.len(), rows.last().map_or(0, |r| r.seq));
+        Ok(Response::new(ListTransfersResponse {
+            transfers: rows.iter().map(|r| transfer_message(r, user)).collect(),
+            page_info: Some(PageInfo { next_page_token: next, total_size: None }),
+        }))
+    }
+
+    async fn set_low_balance_threshold(
+        &self,
+        request: Request<SetLowBalanceThresholdRequest>,
+    ) -> Answer<SetLowBalanceThresholdResponse> {
+        let principal = principal(&request)?.clone();
+        let req = request.into_inner();
         let account_id = uuid_field("account_id", &req.account_id)?;
-        let page_request = req.page.clone().unwrap_or_default();
-        let page = Page::parse(page_request.page_size, &page_request.page_token, "seq", 50, 200)?;
-        if !matches!(EntrySort::try_from(req.sort), Ok(EntrySort::Unspecified | EntrySort::PostedAtDesc)) {
-            return Err(invalid("sort", "UNSUPPORTED", "only newest-first is supported so far"));
-        }
-        if req.min_amount_minor_units < 0 || req.max_amount_minor_units < 0 {
-            return Err(invalid("min_amount_minor_units", "NEGATIVE", "amount bounds must not be negative"));
-        }
-        let direction = match EntryDirection::try_from(req.direction) {
-            Ok(EntryDirection::Credit) => Some(true),
-            Ok(EntryDirection::Debit) => Some(false),
-            Ok(EntryDirection::Unspecified) => None,
-            Err(_) => return Err(invalid("direction", "INVALID", "unknown direction")),
+        let threshold = match req.threshold {
+            Some(t) => {
+                let currency = Currency::parse(&t.currency)
+                    .map_err(|e| invalid("threshold.currency", e.code(), &e.to_string()))?;
+                if t.minor_units < 0 {
+                    return Err(invalid("threshold.minor_units", "NEGATIVE", "must not be negative"));
+                }
+                Some((currency, t.minor_units))
+            }
+            None => None,
         };
-        let time =
-            |t: Option<pbjson_types::Timestamp>, field: &str| -> Result<Option<OffsetDateTime>, Status> {
-                t.map(|t| {
-                    OffsetDateTime::from_unix_timestamp(t.seconds)
-                        .map_err(|_| invalid(field, "OUT_OF_RANGE", "invalid time"))
-                })
-                .transpose()
-            };
-        let from = time(req.from_time, "from_time")?;
-        let to = time(req.to_time, "to_time")?;
+        let row = in_transaction(&self.pool, |conn| {
+            let principal = principal.clone();
+            Box::pin(async move {
+                let mut accounts = posting::lock(conn, &[account_id]).await?;
+                let account = accounts.get_mut(&account_id).ok_or(sqlx::Error::RowNotFound)?;
+                let allowed = match &principal.subject {
+                    Subject::User(user) => account.owner_user_id == Some(*user),
+                    Subject::Service(_) => principal.has("ledger:accounts"),
+                };
+                if account.kind != "customer" || !allowed {
+                    return Err(refused(ErrorCode::NotFound, "no such account"));
+                }
+                if let Some((currency, _)) = &threshold
+                    && currency.code() != account.currency
+                {
+                    return Err(refused(ErrorCode::CurrencyMismatch, "the threshold is in another currency"));
+                }
+                let value = threshold.as_ref().map(|(_, minor)| *minor);
+                storage::set_low_balance_threshold(conn, account_id, value).await?;
+                account.low_balance_threshold = value;
+                Ok(account.clone())
+            })
+        })
+        .await?;
+        Ok(Response::new(SetLowBalanceThresholdResponse { account: Some(ledger_account(&row)) }))
+    }
+
+    async fn summarize_account_periods(
+        &self,
+        request: Request<SummarizeAccountPeriodsRequest>,
+    ) -> Answer<SummarizeAccountPeriodsResponse> {
+        bank_auth::require_scope(&request, "ledger:read")?;
+        let req = request.into_inner();
+        let account_id = uuid_field("account_id", &req.account_id)?;
+        if !(2..=121).contains(&req.boundaries.len()) {
+            return Err(invalid("boundaries", "OUT_OF_RANGE", "2 to 121 boundaries"));
+        }
+        let boundaries =
+            req.boundaries.into_iter().map(|t| instant("boundaries", t)).collect::<Result<Vec<_>, _>>()?;
+        if boundaries.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid("boundaries", "NOT_ASCENDING", "must be strictly ascending"));
+        }
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let account =
             storage::account(&mut conn, account_id).await.map_err(internal)?.ok_or_else(not_found)?;
-        if !may_read(&principal, &account) {
-            return Err(not_found());
+        let rows = storage::period_summaries(&mut conn, account_id, &boundaries).await.map_err(internal)?;
+        let currency = account.currency.as_str();
+        let mut periods = Vec::with_capacity(rows.len());
+        for (start, end, opening, credits, debits, count) in rows {
+            let closing = bank_money::add(opening, credits)
+                .and_then(|b| bank_money::sub(b, debits))
+                .map_err(internal)?;
+            periods.push(PeriodSummary {
+                period_start: Some(timestamp(start)),
+                period_end: Some(timestamp(end)),
+                opening_balance: Some(money(currency, opening)),
+                closing_balance: Some(money(currency, closing)),
+                total_credits: Some(money(currency, credits)),
+                total_debits: Some(money(currency, debits)),
+                entry_count: count,
+            });
         }
-        let before = if page.position == 0 { i64::MAX } else { page.position };
-        let rows = storage::entries(
-            &mut conn,
-            account_id,
-            before,
-            page.size,
-            from,
-            to,
-            direction,
-            (req.min_amount_minor_units > 0).then_some(req.min_amount_minor_units),
-            (req.max_amount_minor_units > 0).then_some(req.max_amount_minor_units),
-        )
-        .await
-        .map_err(internal)?;
-        let next = page.next_token("seq", rows.len(), rows.last().map_or(0, |r| r.sequence));
-        Ok(Response::new(ListEntriesResponse {
-            entries: rows.iter().map(entry).collect(),
-            page_info: Some(PageInfo { next_page_token: next, total_size: None }),
-        }))
+        Ok(Response::new(SummarizeAccountPeriodsResponse { periods }))
     }
 
     async fn create_transfer(
@@ -898,6 +1019,8 @@ impl LedgerService for Api {
                         Leg { account_id: from, amount: -amount.minor_units() },
                         Leg { account_id: to, amount: amount.minor_units() },
                     ],
+                    reverses: None,
+                    correction: false,
                 };
                 let posted = posting::post(conn, &mut accounts, &plan).await?;
                 let transfer_row = (transfer_id, from, to, amount.minor_units(), posted.transaction_id);
@@ -1027,6 +1150,8 @@ impl Api {
                         Leg { account_id, amount: signed },
                         Leg { account_id: system_id, amount: -signed },
                     ],
+                    reverses: None,
+                    correction: false,
                 };
                 let posted = posting::post(conn, &mut accounts, &plan).await?;
                 let account = posted.accounts.get(&account_id).cloned().ok_or(sqlx::Error::RowNotFound)?;
@@ -1191,6 +1316,84 @@ impl LedgerAdminService for Api {
             }
             Outcome::Replay(bytes) => replayed(&bytes),
         }
+    }
+
+    async fn reverse_transaction(
+        &self,
+        request: Request<ReverseTransactionRequest>,
+    ) -> Answer<ReverseTransactionResponse> {
+        const RPC: &str = "/bank.ledger.v1.LedgerAdminService/ReverseTransaction";
+        let admin = bank_auth::require_role(&request, "admin")?;
+        let admin_id = principal_id(&admin);
+        let key = idempotency::key_of(request.metadata(), &admin_id, RPC, true)?
+            .ok_or_else(|| Status::internal("key required"))?;
+        let req = request.into_inner();
+        let request_hash = idempotency::request_hash(&req.encode_to_vec());
+        let transaction_id = uuid_field("transaction_id", &req.transaction_id)?;
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(invalid("reason", "REQUIRED", "a reason is required"));
+        }
+        if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+            return Err(invalid("reason", "INVALID", "at most 500 characters, no control characters"));
+        }
+        let outcome = in_transaction(&self.pool, |conn| {
+            let key = key.clone();
+            let request_hash = request_hash.clone();
+            let reason = reason.clone();
+            let admin_id = admin_id.clone();
+            Box::pin(async move {
+                if let Begin::Replay(bytes) =
+                    idempotency::begin(conn, &key, &request_hash).await.map_err(idempotency_error)?
+                {
+                    return Ok(Outcome::Replay(bytes));
+                }
+                reverse(conn, transaction_id, &reason, &admin_id, &key).await.map(Outcome::Fresh)
+            })
+        })
+        .await?;
+        match outcome {
+            Outcome::Fresh(reversal) => {
+                metrics::counter!("ledger_reversals_total").increment(1);
+                Ok(Response::new(ReverseTransactionResponse { reversal: Some(reversal) }))
+            }
+            Outcome::Replay(bytes) => replayed(&bytes),
+        }
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<GetTransactionRequest>,
+    ) -> Answer<GetTransactionResponse> {
+        staff_only(&request, &["admin", "support"])?;
+        let transaction_id = uuid_field("transaction_id", &request.get_ref().transaction_id)?;
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let header = storage::transaction(&mut conn, transaction_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::from(ServiceError::new(ErrorCode::NotFound, "no such transaction")))?;
+        let postings = storage::postings(&mut conn, transaction_id).await.map_err(internal)?;
+        Ok(Response::new(GetTransactionResponse {
+            transaction: Some(stored_transaction(&header, &postings)),
+        }))
+    }
+
+    async fn admin_list_entries(
+        &self,
+        request: Request<AdminListEntriesRequest>,
+    ) -> Answer<AdminListEntriesResponse> {
+        staff_only(&request, &["admin", "support"])?;
+        let req = request.into_inner();
+        let query = EntryQuery::parse(
+            &req.account_id,
+            req.page.as_ref(),
+            (req.from_time, req.to_time),
+            req.direction,
+            (req.min_amount_minor_units, req.max_amount_minor_units),
+            req.sort,
+        )?;
+        let (entries, page_info) = self.entries_page(&query, |_| true).await?;
+        Ok(Response::new(AdminListEntriesResponse { entries, page_info: Some(page_info) }))
     }
 
     async fn verify_account_chain(
@@ -1490,5 +1693,311 @@ fn hold_message(row: &storage::HoldRow) -> Hold {
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
         capture_transaction_id: row.capture_transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A timestamp field as an instant.
+fn instant(field: &str, t: pbjson_types::Timestamp) -> Result<OffsetDateTime, Status> {
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(field, "OUT_OF_RANGE", "invalid time"));
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map_err(|_| invalid(field, "OUT_OF_RANGE", "invalid time"))
+}
+
+/// The calling user (service tokens are refused: these RPCs answer a person's own objects).
+fn user_of<T>(request: &Request<T>) -> Result<Uuid, Status> {
+    principal(request)?
+        .user_id()
+        .ok_or_else(|| ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into())
+}
+
+/// A user holding one of `roles`.
+fn staff_only<T>(request: &Request<T>, roles: &[&str]) -> Result<Principal, Status> {
+    let principal = principal(request)?;
+    if principal.user_id().is_some() && roles.iter().any(|r| principal.has(r)) {
+        Ok(principal.clone())
+    } else {
+        Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into())
+    }
+}
+
+/// A transfer as `viewer` sees it: the credited account's id only for its owner.
+fn transfer_message(row: &storage::TransferRow, viewer: Uuid) -> Transfer {
+    let amount = Some(money(&row.currency, row.amount));
+    Transfer {
+        transfer_id: row.transfer_id.to_string(),
+        from_account_id: row.from_account_id.to_string(),
+        to_account_id: if row.to_owner == Some(viewer) {
+            row.to_account_id.to_string()
+        } else {
+            String::new()
+        },
+        to_account_number: row.to_account_number.clone().unwrap_or_default(),
+        amount: amount.clone(),
+        credited_amount: amount,
+        description: row.description.clone(),
+        status: if row.reversed_by.is_some() { TransferStatus::Reversed } else { TransferStatus::Posted }
+            as i32,
+        transaction_id: row.transaction_id.to_string(),
+        fx_quote_id: String::new(),
+        scheduled_transfer_id: String::new(),
+        created_at: Some(timestamp(row.created_at)),
+    }
+}
+
+/// A stored transaction with its postings.
+fn stored_transaction(
+    header: &storage::TransactionRow,
+    postings: &[(Uuid, Uuid, i64, String, i64)],
+) -> Transaction {
+    Transaction {
+        transaction_id: header.transaction_id.to_string(),
+        kind: transaction_kind(&header.kind) as i32,
+        description: header.description.clone(),
+        postings: postings
+            .iter()
+            .map(|(entry_id, account_id, amount, currency, after)| Posting {
+                entry_id: entry_id.to_string(),
+                account_id: account_id.to_string(),
+                amount: Some(money(currency, *amount)),
+                balance_after: Some(money(currency, *after)),
+            })
+            .collect(),
+        posted_at: Some(timestamp(header.posted_at)),
+        initiated_by: header.initiated_by.clone(),
+        reference_id: header.reference_id.clone(),
+        reverses_transaction_id: header.reverses_transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+        reversed_by_transaction_id: header
+            .reversed_by_transaction_id
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        reason: header.reason.clone(),
+    }
+}
+
+/// Posts the mirror image of `transaction_id` (at most once), with its event and the stored
+/// idempotent response, in the caller's transaction.
+async fn reverse(
+    conn: &mut sqlx::PgConnection,
+    transaction_id: Uuid,
+    reason: &str,
+    admin_id: &str,
+    key: &idempotency::Key,
+) -> Result<Transaction, posting::Error> {
+    let original = storage::transaction(conn, transaction_id)
+        .await?
+        .ok_or_else(|| refused(ErrorCode::NotFound, "no such transaction"))?;
+    if original.kind == "reversal" {
+        return Err(refused(ErrorCode::NotReversible, "a reversal cannot be reversed"));
+    }
+    if original.kind == "hold_capture" {
+        return Err(refused(ErrorCode::NotReversible, "a hold capture is refunded, not reversed"));
+    }
+    let legs = storage::postings(conn, transaction_id).await?;
+    let currency = legs.first().map(|(_, _, _, c, _)| c.clone()).ok_or(sqlx::Error::RowNotFound)?;
+    if legs.iter().any(|(_, _, _, c, _)| *c != currency) {
+        return Err(refused(ErrorCode::NotReversible, "a cross-currency transaction cannot be reversed"));
+    }
+    let ids: Vec<Uuid> = legs.iter().map(|(_, account, _, _, _)| *account).collect();
+    // Every account of the original is locked (id order) before the "already reversed?" check, so
+    // two reversals of one transaction serialise here; the unique index is the backstop.
+    let mut accounts = posting::lock(conn, &ids).await?;
+    if storage::transaction(conn, transaction_id).await?.and_then(|t| t.reversed_by_transaction_id).is_some()
+    {
+        return Err(refused(ErrorCode::AlreadyReversed, "the transaction has already been reversed"));
+    }
+    let mirrored = legs
+        .iter()
+        .map(|(_, account_id, amount, _, _)| {
+            amount
+                .checked_neg()
+                .map(|amount| Leg { account_id: *account_id, amount })
+                .ok_or_else(|| refused(ErrorCode::ValidationFailed, "amount out of range"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let description = format!("Reversal: {}", original.description).chars().take(140).collect::<String>();
+    let reference = transaction_id.to_string();
+    let plan = Plan {
+        kind: "reversal",
+        description: &description,
+        initiated_by: admin_id,
+        reference_id: &reference,
+        reason,
+        currency: &currency,
+        legs: mirrored,
+        reverses: Some(transaction_id),
+        correction: true,
+    };
+    let posted = match posting::post(conn, &mut accounts, &plan).await {
+        Err(posting::Error::Database(err))
+            if err
+                .as_database_error()
+                .and_then(sqlx::error::DatabaseError::code)
+                .is_some_and(|c| c == "23505") =>
+        {
+            return Err(refused(ErrorCode::AlreadyReversed, "the transaction has already been reversed"));
+        }
+        other => other?,
+    };
+    let changes = posted
+        .entries
+        .iter()
+        .filter_map(|(_, account_id, amount, _)| {
+            let account = posted.accounts.get(account_id)?;
+            (account.kind == "customer").then(|| events::AccountBalanceChange {
+                account_id: account_id.to_string(),
+                owner_user_id: account.owner_user_id.map(|u| u.to_string()).unwrap_or_default(),
+                amount: Some(money(&currency, *amount)),
+                available_after: Some(money(&currency, account.posted - account.held)),
+            })
+        })
+        .collect();
+    bank_platform::outbox::publish(
+        conn,
+        &format!("transactions/{transaction_id}"),
+        &events::TransactionReversed {
+            transaction_id: transaction_id.to_string(),
+            reversal_transaction_id: posted.transaction_id.to_string(),
+            kind: transaction_kind(&original.kind) as i32,
+            changes,
+            reversed_by: admin_id.to_owned(),
+        },
+    )
+    .await?;
+    let mut reversal = transaction(&posted, &plan);
+    reversal.reverses_transaction_id = transaction_id.to_string();
+    idempotency::complete(
+        conn,
+        key,
+        &ReverseTransactionResponse { reversal: Some(reversal.clone()) }.encode_to_vec(),
+    )
+    .await?;
+    Ok(reversal)
+}
+
+/// A parsed history query (ListEntries and AdminListEntries share it).
+#[derive(Debug, Clone)]
+struct EntryQuery {
+    account_id: Uuid,
+    page: Page,
+    order: storage::EntryOrder,
+    kind: &'static str,
+    filter: storage::EntryFilter,
+}
+
+impl EntryQuery {
+    fn parse(
+        account_id: &str,
+        page: Option<&bank_proto::common::v1::PageRequest>,
+        (from_time, to_time): (Option<pbjson_types::Timestamp>, Option<pbjson_types::Timestamp>),
+        direction: i32,
+        (min, max): (i64, i64),
+        sort: i32,
+    ) -> Result<Self, Status> {
+        let account_id = uuid_field("account_id", account_id)?;
+        // The allowlist: each sort maps to constant SQL and a page-token kind of its own (a
+        // token of one order is refused by another).
+        let (order, kind) = match EntrySort::try_from(sort) {
+            Ok(EntrySort::Unspecified | EntrySort::PostedAtDesc) => {
+                (storage::EntryOrder::PostedAtDesc, "entries-time-desc")
+            }
+            Ok(EntrySort::PostedAtAsc) => (storage::EntryOrder::PostedAtAsc, "entries-time-asc"),
+            Ok(EntrySort::AmountDesc) => (storage::EntryOrder::AmountDesc, "entries-amount-desc"),
+            Ok(EntrySort::AmountAsc) => (storage::EntryOrder::AmountAsc, "entries-amount-asc"),
+            Err(_) => return Err(invalid("sort", "INVALID", "unknown sort order")),
+        };
+        let page_request = page.cloned().unwrap_or_default();
+        let page = Page::parse(page_request.page_size, &page_request.page_token, kind, 50, 200)?;
+        let mut violations = Vec::new();
+        if min < 0 {
+            violations.push(FieldViolation::new(
+                "min_amount_minor_units",
+                "NEGATIVE",
+                "must not be negative",
+            ));
+        }
+        if max < 0 {
+            violations.push(FieldViolation::new(
+                "max_amount_minor_units",
+                "NEGATIVE",
+                "must not be negative",
+            ));
+        }
+        if min > 0 && max > 0 && min > max {
+            violations.push(FieldViolation::new(
+                "max_amount_minor_units",
+                "BELOW_MIN",
+                "must not be below the minimum",
+            ));
+        }
+        let credits = match EntryDirection::try_from(direction) {
+            Ok(EntryDirection::Credit) => Some(true),
+            Ok(EntryDirection::Debit) => Some(false),
+            Ok(EntryDirection::Unspecified) => None,
+            Err(_) => {
+                violations.push(FieldViolation::new("direction", "INVALID", "unknown direction"));
+                None
+            }
+        };
+        let from = from_time.map(|t| instant("from_time", t)).transpose();
+        let to = to_time.map(|t| instant("to_time", t)).transpose();
+        let (Ok(from), Ok(to)) = (from, to) else {
+            violations.push(FieldViolation::new("from_time", "OUT_OF_RANGE", "invalid time range"));
+            return Err(ServiceError::invalid(violations).into());
+        };
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            violations.push(FieldViolation::new("to_time", "BEFORE_FROM", "must be after from_time"));
+        }
+        if !violations.is_empty() {
+            return Err(ServiceError::invalid(violations).into());
+        }
+        Ok(Self {
+            account_id,
+            page,
+            order,
+            kind,
+            filter: storage::EntryFilter {
+                from,
+                to,
+                credits,
+                min_abs: (min > 0).then_some(min),
+                max_abs: (max > 0).then_some(max),
+            },
+        })
+    }
+}
+
+impl Api {
+    /// One page of an account's history, if `may_see` the account (else NOT_FOUND).
+    async fn entries_page(
+        &self,
+        query: &EntryQuery,
+        may_see: impl Fn(&AccountRow) -> bool,
+    ) -> Result<(Vec<Entry>, PageInfo), Status> {
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let account =
+            storage::account(&mut conn, query.account_id).await.map_err(internal)?.ok_or_else(not_found)?;
+        if !may_see(&account) {
+            return Err(not_found());
+        }
+        let after = if query.page.position == 0 {
+            None
+        } else {
+            let (posted_at, abs) = storage::entry_cursor(&mut conn, query.account_id, query.page.position)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| invalid("page.page_token", "INVALID", "page_token is not valid here"))?;
+            Some((query.page.position, posted_at, abs))
+        };
+        let rows =
+            storage::entries(&mut conn, query.account_id, query.order, after, query.page.size, &query.filter)
+                .await
+                .map_err(internal)?;
+        let next = query.page.next_token(query.kind, rows.len(), rows.last().map_or(0, |r| r.sequence));
+        Ok((rows.iter().map(entry).collect(), PageInfo { next_page_token: next, total_size: None }))
     }
 }

@@ -53,7 +53,7 @@ impl Service for Ledger {
         let authenticator = bank_auth::setup::remote(&config.auth, &redis, &[])?;
         let purge_pool = pool.clone();
         let expiry_pool = pool.clone();
-        AppBuilder::grpc(Self::NAME, &config.server, services)
+        let app = AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
             .authenticator(authenticator)
@@ -62,7 +62,11 @@ impl Service for Ledger {
             })
             .task(move |stop| expire_holds(expiry_pool, stop))
             .bind()
-            .await
+            .await?;
+        // Exported from the start (at zero), so dashboards and alerts see the series before the
+        // first retry or check (the recorder exists once the app is bound).
+        metrics::counter!("ledger_posting_retries_total").increment(0);
+        Ok(app)
     }
 }
 

@@ -56,6 +56,11 @@ pub struct Plan<'a> {
     pub currency: &'a str,
     /// The legs (sum zero).
     pub legs: Vec<Leg>,
+    /// For a reversal: the transaction it reverses.
+    pub reverses: Option<Uuid>,
+    /// A correction (reversal): status and available-balance rules are not applied to debits,
+    /// and credits to frozen accounts are allowed; closed accounts still refuse everything.
+    pub correction: bool,
 }
 
 /// A posted transaction with the accounts as they are after it.
@@ -69,6 +74,9 @@ pub struct Posted {
     pub entries: Vec<(Uuid, Uuid, i64, i64)>,
     /// The accounts after posting.
     pub accounts: BTreeMap<Uuid, AccountRow>,
+    /// Accounts whose available balance crossed below their low-balance threshold (an event was
+    /// written for each).
+    pub crossed_below: Vec<Uuid>,
 }
 
 /// What an entry's hash covers.
@@ -170,6 +178,9 @@ pub async fn post(
         if account.status == "closed" {
             return Err(Error::refused(ErrorCode::AccountClosed, "the account is closed"));
         }
+        if plan.correction {
+            continue;
+        }
         if leg.amount < 0 {
             if account.status == "frozen" {
                 return Err(Error::refused(ErrorCode::AccountFrozen, "the account is frozen"));
@@ -186,6 +197,8 @@ pub async fn post(
         }
     }
 
+    let available_before: BTreeMap<Uuid, i64> =
+        accounts.values().map(|a| (a.account_id, a.posted.saturating_sub(a.held))).collect();
     let transaction_id = Uuid::now_v7();
     let now = OffsetDateTime::now_utc();
     let posted_at = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
@@ -235,11 +248,58 @@ pub async fn post(
             reference_id: plan.reference_id,
             reason: plan.reason,
             currency: plan.currency,
+            reverses: plan.reverses,
         },
         &rows,
     )
     .await?;
-    Ok(Posted { transaction_id, posted_at, entries, accounts: accounts.clone() })
+    let mut crossed_below = Vec::new();
+    for account in accounts.values() {
+        let Some(threshold) = account.low_balance_threshold else { continue };
+        let before = available_before.get(&account.account_id).copied().unwrap_or_default();
+        let after = account.posted.saturating_sub(account.held);
+        if crossed(before, after, threshold) {
+            low_balance_event(conn, account, threshold, after).await?;
+            crossed_below.push(account.account_id);
+        }
+    }
+    Ok(Posted { transaction_id, posted_at, entries, accounts: accounts.clone(), crossed_below })
+}
+
+/// Whether a change of the available balance from `before` to `after` crosses below `threshold`
+/// (fires once per crossing: a balance already below does not fire again until it has risen back
+/// to the threshold).
+#[must_use]
+pub const fn crossed(before: i64, after: i64, threshold: i64) -> bool {
+    before >= threshold && after < threshold
+}
+
+/// Writes the LowBalanceDetected event of a crossing (in the posting's transaction).
+async fn low_balance_event(
+    conn: &mut PgConnection,
+    account: &AccountRow,
+    threshold: i64,
+    available: i64,
+) -> Result<(), sqlx::Error> {
+    let number = account.account_number.clone().unwrap_or_default();
+    let last_four = number.get(number.len().saturating_sub(4)..).unwrap_or_default().to_owned();
+    let money =
+        |minor_units| bank_proto::common::v1::Money { currency: account.currency.clone(), minor_units };
+    bank_platform::outbox::publish(
+        conn,
+        &format!("accounts/{}", account.account_id),
+        &bank_proto::events::v1::LowBalanceDetected {
+            account_id: account.account_id.to_string(),
+            owner_user_id: account.owner_user_id.map(|u| u.to_string()).unwrap_or_default(),
+            account_number_last_four: last_four,
+            threshold: Some(money(threshold)),
+            available: Some(money(available)),
+            // The posting's own event is written after it; the transaction ties them together.
+            cause_event_id: String::new(),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether an error is a serialization failure or deadlock that a retry resolves.
@@ -248,4 +308,18 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(sqlx::error::DatabaseError::code)
         .is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crossed;
+
+    #[test]
+    fn a_threshold_fires_once_per_crossing_below() {
+        assert!(crossed(100, 99, 100), "from at the threshold to below");
+        assert!(crossed(500, -20, 0), "into the overdraft");
+        assert!(!crossed(99, 50, 100), "already below: no second event");
+        assert!(!crossed(200, 100, 100), "reaching it is not below it");
+        assert!(!crossed(50, 150, 100), "rising never fires");
+    }
 }

@@ -36,10 +36,13 @@ pub struct AccountRow {
     pub last_hash: String,
     /// Created.
     pub created_at: OffsetDateTime,
+    /// Low-balance threshold (minor units), if set.
+    pub low_balance_threshold: Option<i64>,
 }
 
 const ACCOUNT_COLUMNS: &str = "account_id, kind, system_type, account_number, owner_user_id, currency::text AS currency, \
-                               status, credits_allowed, overdraft_limit, posted, held, entry_count, last_hash, created_at";
+                               status, credits_allowed, overdraft_limit, posted, held, entry_count, last_hash, created_at, \
+                               low_balance_threshold";
 
 /// Locks the given accounts (already sorted) for the rest of the transaction, in id order.
 pub async fn lock_accounts(
@@ -203,35 +206,280 @@ const ENTRY_COLUMNS: &str = "e.entry_id, e.transaction_id, e.account_id, t.kind,
                              e.balance_after, t.description, e.posted_at, e.sequence, e.account_seq, e.previous_hash, \
                              e.entry_hash";
 
-/// An account's entries, newest first, with `sequence < before`, filtered (values are parameters).
-#[allow(clippy::too_many_arguments)]
+/// Sort orders of an account's history (an allowlist: each maps to constant SQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryOrder {
+    /// Newest first.
+    PostedAtDesc,
+    /// Oldest first.
+    PostedAtAsc,
+    /// Largest absolute amount first.
+    AmountDesc,
+    /// Smallest absolute amount first.
+    AmountAsc,
+}
+
+impl EntryOrder {
+    /// The keyset condition (rows after the cursor entry: sequence `$8`, posted_at `$9`, |amount| `$10`) and the
+    /// ORDER BY clause. Constant text only: no value ever reaches SQL as text.
+    const fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Self::PostedAtDesc => {
+                ("(e.posted_at, e.sequence) < ($9, $8)", "e.posted_at DESC, e.sequence DESC")
+            }
+            Self::PostedAtAsc => ("(e.posted_at, e.sequence) > ($9, $8)", "e.posted_at ASC, e.sequence ASC"),
+            Self::AmountDesc => {
+                ("(abs(e.amount), e.sequence) < ($10, $8)", "abs(e.amount) DESC, e.sequence DESC")
+            }
+            Self::AmountAsc => {
+                ("(abs(e.amount), e.sequence) > ($10, $8)", "abs(e.amount) ASC, e.sequence ASC")
+            }
+        }
+    }
+}
+
+/// Filters of an account's history (values travel as bind parameters).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntryFilter {
+    /// Inclusive lower bound of `posted_at`.
+    pub from: Option<OffsetDateTime>,
+    /// Exclusive upper bound of `posted_at`.
+    pub to: Option<OffsetDateTime>,
+    /// `Some(true)`: credits only; `Some(false)`: debits only.
+    pub credits: Option<bool>,
+    /// Minimum absolute amount.
+    pub min_abs: Option<i64>,
+    /// Maximum absolute amount.
+    pub max_abs: Option<i64>,
+}
+
+/// The sort key of the entry `sequence` of `account_id` (a page cursor): (posted_at, |amount|).
+pub async fn entry_cursor(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    sequence: i64,
+) -> Result<Option<(OffsetDateTime, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT posted_at, abs(amount) FROM entries WHERE account_id = $1 AND sequence = $2")
+        .bind(account_id)
+        .bind(sequence)
+        .fetch_optional(conn)
+        .await
+}
+
+/// One page of an account's entries in `order`, after the cursor entry `after` (its sequence and
+/// sort key, from [`entry_cursor`]), filtered.
 pub async fn entries(
     conn: &mut PgConnection,
     account_id: Uuid,
-    before: i64,
+    order: EntryOrder,
+    after: Option<(i64, OffsetDateTime, i64)>,
     limit: i64,
-    from: Option<OffsetDateTime>,
-    to: Option<OffsetDateTime>,
-    direction: Option<bool>,
-    min_abs: Option<i64>,
-    max_abs: Option<i64>,
+    filter: &EntryFilter,
 ) -> Result<Vec<EntryRow>, sqlx::Error> {
+    let (keyset, order_by) = order.sql();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ENTRY_COLUMNS} FROM entries e JOIN transactions t USING (transaction_id) \
-         WHERE e.account_id = $1 AND e.sequence < $2 \
-           AND ($4::timestamptz IS NULL OR e.posted_at >= $4) AND ($5::timestamptz IS NULL OR e.posted_at < $5) \
-           AND ($6::bool IS NULL OR (e.amount > 0) = $6) \
-           AND ($7::bigint IS NULL OR abs(e.amount) >= $7) AND ($8::bigint IS NULL OR abs(e.amount) <= $8) \
-         ORDER BY e.sequence DESC LIMIT $3"
+         WHERE e.account_id = $1 \
+           AND ($3::timestamptz IS NULL OR e.posted_at >= $3) AND ($4::timestamptz IS NULL OR e.posted_at < $4) \
+           AND ($5::bool IS NULL OR (e.amount > 0) = $5) \
+           AND ($6::bigint IS NULL OR abs(e.amount) >= $6) AND ($7::bigint IS NULL OR abs(e.amount) <= $7) \
+           AND ($8::bigint IS NULL OR {keyset}) \
+         ORDER BY {order_by} LIMIT $2"
     )))
     .bind(account_id)
-    .bind(before)
     .bind(limit)
-    .bind(from)
-    .bind(to)
-    .bind(direction)
-    .bind(min_abs)
-    .bind(max_abs)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.credits)
+    .bind(filter.min_abs)
+    .bind(filter.max_abs)
+    .bind(after.map(|(sequence, _, _)| sequence))
+    .bind(after.map(|(_, posted_at, _)| posted_at))
+    .bind(after.map(|(_, _, abs)| abs))
+    .fetch_all(conn)
+    .await
+}
+
+/// The posted balance of an account from the journal: the sum of its entries before `as_of`.
+pub async fn posted_before(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    as_of: OffsetDateTime,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::bigint FROM entries WHERE account_id = $1 AND posted_at < $2",
+    )
+    .bind(account_id)
+    .bind(as_of)
+    .fetch_one(conn)
+    .await
+}
+
+/// Per consecutive pair of `boundaries` (ascending): (start, end, opening, credits, debits, count).
+pub async fn period_summaries(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    boundaries: &[OffsetDateTime],
+) -> Result<Vec<(OffsetDateTime, OffsetDateTime, i64, i64, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH b AS ( \
+           SELECT t AS start_at, lead(t) OVER (ORDER BY t) AS end_at FROM unnest($2::timestamptz[]) AS t \
+         ) \
+         SELECT b.start_at, b.end_at, \
+           (SELECT COALESCE(sum(o.amount), 0)::bigint FROM entries o \
+             WHERE o.account_id = $1 AND o.posted_at < b.start_at) AS opening, \
+           COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::bigint AS credits, \
+           COALESCE(-sum(e.amount) FILTER (WHERE e.amount < 0), 0)::bigint AS debits, \
+           count(e.entry_id) AS entry_count \
+         FROM b LEFT JOIN entries e \
+           ON e.account_id = $1 AND e.posted_at >= b.start_at AND e.posted_at < b.end_at \
+         WHERE b.end_at IS NOT NULL \
+         GROUP BY b.start_at, b.end_at ORDER BY b.start_at",
+    )
+    .bind(account_id)
+    .bind(boundaries)
+    .fetch_all(conn)
+    .await
+}
+
+/// Sets the low-balance threshold of a locked account.
+pub async fn set_low_balance_threshold(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    threshold: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE ledger_accounts SET low_balance_threshold = $2 WHERE account_id = $1")
+        .bind(account_id)
+        .bind(threshold)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A journal transaction's header.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransactionRow {
+    /// Id.
+    pub transaction_id: Uuid,
+    /// Kind.
+    pub kind: String,
+    /// Description.
+    pub description: String,
+    /// When.
+    pub posted_at: OffsetDateTime,
+    /// Principal.
+    pub initiated_by: String,
+    /// Originating object.
+    pub reference_id: String,
+    /// For a reversal: what it reverses.
+    pub reverses_transaction_id: Option<Uuid>,
+    /// The reversal of this transaction, if any.
+    pub reversed_by_transaction_id: Option<Uuid>,
+    /// Administrator's reason.
+    pub reason: String,
+}
+
+/// A transaction with the id of its reversal, if any.
+pub async fn transaction(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+) -> Result<Option<TransactionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.transaction_id, t.kind, t.description, t.posted_at, t.initiated_by, t.reference_id, \
+           t.reverses_transaction_id, r.transaction_id AS reversed_by_transaction_id, t.reason \
+         FROM transactions t LEFT JOIN transactions r ON r.reverses_transaction_id = t.transaction_id \
+         WHERE t.transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A transaction's postings in entry order: (entry, account, amount, currency, balance after).
+pub async fn postings(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+) -> Result<Vec<(Uuid, Uuid, i64, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT entry_id, account_id, amount, currency::text, balance_after FROM entries \
+         WHERE transaction_id = $1 ORDER BY sequence",
+    )
+    .bind(transaction_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// An internal transfer as its parties see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransferRow {
+    /// Id.
+    pub transfer_id: Uuid,
+    /// Keyset position.
+    pub seq: i64,
+    /// Debited account.
+    pub from_account_id: Uuid,
+    /// Its owner.
+    pub from_owner: Option<Uuid>,
+    /// Credited account.
+    pub to_account_id: Uuid,
+    /// Its owner.
+    pub to_owner: Option<Uuid>,
+    /// Its number.
+    pub to_account_number: Option<String>,
+    /// Minor units.
+    pub amount: i64,
+    /// Currency.
+    pub currency: String,
+    /// Description.
+    pub description: String,
+    /// Journal transaction.
+    pub transaction_id: Uuid,
+    /// Its reversal, if any.
+    pub reversed_by: Option<Uuid>,
+    /// Created.
+    pub created_at: OffsetDateTime,
+}
+
+const TRANSFER_SELECT: &str = "SELECT tr.transfer_id, tr.seq, tr.from_account_id, f.owner_user_id AS from_owner, \
+    tr.to_account_id, d.owner_user_id AS to_owner, d.account_number AS to_account_number, tr.amount, \
+    tr.currency::text AS currency, tr.description, tr.transaction_id, r.transaction_id AS reversed_by, tr.created_at \
+    FROM transfers tr JOIN ledger_accounts f ON f.account_id = tr.from_account_id \
+    JOIN ledger_accounts d ON d.account_id = tr.to_account_id \
+    LEFT JOIN transactions r ON r.reverses_transaction_id = tr.transaction_id";
+
+/// A transfer that `user` sent or received.
+pub async fn transfer_for(
+    conn: &mut PgConnection,
+    transfer_id: Uuid,
+    user: Uuid,
+) -> Result<Option<TransferRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{TRANSFER_SELECT} WHERE tr.transfer_id = $1 AND (f.owner_user_id = $2 OR d.owner_user_id = $2)"
+    )))
+    .bind(transfer_id)
+    .bind(user)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Transfers that `user` sent or received (only those touching `account`, when given), newest
+/// first, with `seq < before`.
+pub async fn transfers_for(
+    conn: &mut PgConnection,
+    user: Uuid,
+    account: Option<Uuid>,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<TransferRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{TRANSFER_SELECT} WHERE tr.seq < $2 AND (f.owner_user_id = $1 OR d.owner_user_id = $1) \
+           AND ($3::uuid IS NULL OR tr.from_account_id = $3 OR tr.to_account_id = $3) \
+         ORDER BY tr.seq DESC LIMIT $4"
+    )))
+    .bind(user)
+    .bind(before)
+    .bind(account)
+    .bind(limit)
     .fetch_all(conn)
     .await
 }
@@ -541,6 +789,8 @@ pub struct NewTransaction<'a> {
     pub reason: &'a str,
     /// Currency of every entry.
     pub currency: &'a str,
+    /// For a reversal: the transaction it reverses.
+    pub reverses: Option<Uuid>,
 }
 
 /// The entries of a posting and the accounts' new states, as column arrays.
@@ -598,7 +848,7 @@ pub async fn write_posting(
     rows: &PostingRows,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH tx AS (            INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason)            VALUES ($1, $2, $3, $4, $5, $6, $7)          ), ent AS (            INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq,              previous_hash, entry_hash, posted_at)            SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4            FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])              AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash)          )          UPDATE ledger_accounts a SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash          FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash)          WHERE a.account_id = v.account_id",
+        "WITH tx AS (            INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason,              reverses_transaction_id)            VALUES ($1, $2, $3, $4, $5, $6, $7, $20)          ), ent AS (            INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq,              previous_hash, entry_hash, posted_at)            SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4            FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])              AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash)          )          UPDATE ledger_accounts a SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash          FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash)          WHERE a.account_id = v.account_id",
     )
     .bind(transaction.transaction_id)
     .bind(transaction.kind)
@@ -619,6 +869,7 @@ pub async fn write_posting(
     .bind(&rows.account_posted)
     .bind(&rows.account_counts)
     .bind(&rows.account_hashes)
+    .bind(transaction.reverses)
     .execute(conn)
     .await?;
     Ok(())

@@ -8,15 +8,18 @@ use std::sync::Arc;
 use bank_ledger::Ledger;
 use bank_platform::{ErrorCode, error::reason_of};
 use bank_proto::{
-    common::v1::Money,
+    common::v1::{Money, PageRequest},
     ledger::v1::{
-        CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest, CreateWithdrawalRequest,
-        GetBalancesRequest, ListEntriesRequest, VerifyLedgerInvariantsRequest,
-        create_transfer_request::Destination, ledger_admin_service_client::LedgerAdminServiceClient,
-        ledger_service_client::LedgerServiceClient,
+        AdminListEntriesRequest, CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest,
+        CreateWithdrawalRequest, EntryDirection, EntrySort, GetBalancesRequest, GetTransactionRequest,
+        GetTransferRequest, ListEntriesRequest, ListTransfersRequest, ReverseTransactionRequest,
+        SetLowBalanceThresholdRequest, SummarizeAccountPeriodsRequest, TransactionKind, TransferStatus,
+        VerifyLedgerInvariantsRequest, create_transfer_request::Destination,
+        ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
     },
 };
 use bank_testkit::{Options, TestApp, TestIdentity, TestUser, bearer};
+use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
 struct World {
@@ -723,4 +726,685 @@ async fn random_transfer_sequences_keep_the_model_and_the_invariants() {
         .unwrap();
     assert_eq!(model.borrow().iter().sum::<i64>(), 4_000, "money is neither created nor lost");
     w.assert_healthy().await;
+}
+
+impl World {
+    /// Transfers `minor` from `from` to the account numbered `to` as `user`; answers (transfer id,
+    /// transaction id).
+    async fn send(&self, user: &TestUser, from: &str, to: &str, minor: i64) -> (String, String) {
+        let transfer = self
+            .client()
+            .await
+            .create_transfer(keyed(
+                transfer(from, Destination::ToAccountNumber(to.into()), minor),
+                &user.tokens.access_token,
+                &uuid::Uuid::now_v7().to_string(),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transfer
+            .unwrap();
+        (transfer.transfer_id, transfer.transaction_id)
+    }
+
+    async fn db(&self) -> sqlx::PgConnection {
+        let url = self.ledger.database().unwrap().url().to_owned();
+        <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap()
+    }
+
+    async fn events(&self, event_type: &str) -> Vec<Vec<u8>> {
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq")
+            .bind(event_type)
+            .fetch_all(&mut self.db().await)
+            .await
+            .unwrap()
+    }
+
+    async fn posted(&self, user: &TestUser, account: &str) -> i64 {
+        self.client()
+            .await
+            .get_balances(bearer(
+                GetBalancesRequest { account_id: account.into(), as_of: None },
+                &user.tokens.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .balances
+            .unwrap()
+            .posted
+            .unwrap()
+            .minor_units
+    }
+}
+
+fn reverse(transaction_id: &str, reason: &str) -> ReverseTransactionRequest {
+    ReverseTransactionRequest { transaction_id: transaction_id.into(), reason: reason.into() }
+}
+
+#[tokio::test]
+async fn an_admin_reverses_a_transaction_once_with_a_reason_and_the_invariants_hold() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE10ALICE", 10_000).await;
+    let b = w.account(&bob, "DE10BOB", 0).await;
+    let (transfer_id, transaction_id) = w.send(&alice, &a, "DE10BOB", 2_500).await;
+    // Bob spends part of it first: the correction may take him below zero.
+    w.send(&bob, &b, "DE10ALICE", 2_000).await;
+    let mut admin = w.admin_client().await;
+
+    // Refusals: not an admin, no key, no reason, unknown transaction.
+    let err = admin
+        .reverse_transaction(keyed(reverse(&transaction_id, "fraud"), &alice.tokens.access_token, "r0"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::PermissionDenied));
+    let err =
+        admin.reverse_transaction(bearer(reverse(&transaction_id, "fraud"), &w.admin)).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::IdempotencyKeyRequired));
+    let err =
+        admin.reverse_transaction(keyed(reverse(&transaction_id, "  "), &w.admin, "r0")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    assert_eq!(details.bad_request().unwrap().field_violations[0].field, "reason");
+    let err = admin
+        .reverse_transaction(keyed(reverse(&uuid::Uuid::now_v7().to_string(), "x"), &w.admin, "r00"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotFound));
+
+    let first = admin
+        .reverse_transaction(keyed(reverse(&transaction_id, "sent by mistake"), &w.admin, "r1"))
+        .await
+        .unwrap();
+    assert!(first.metadata().get("idempotent-replay").is_none());
+    let reversal = first.into_inner().reversal.unwrap();
+    assert_eq!(reversal.kind, TransactionKind::Reversal as i32);
+    assert_eq!(reversal.reverses_transaction_id, transaction_id);
+    assert_eq!(reversal.reason, "sent by mistake");
+    let mut amounts: Vec<(String, i64)> = reversal
+        .postings
+        .iter()
+        .map(|p| (p.account_id.clone(), p.amount.as_ref().unwrap().minor_units))
+        .collect();
+    amounts.sort();
+    let mut expected = vec![(a.clone(), 2_500), (b.clone(), -2_500)];
+    expected.sort();
+    assert_eq!(amounts, expected, "the mirrored postings");
+    assert_eq!(w.posted(&alice, &a).await, 10_000 - 2_500 + 2_000 + 2_500);
+    assert_eq!(w.posted(&bob, &b).await, -2_000);
+
+    // The same key replays; the same key with another request is refused.
+    let replay = admin
+        .reverse_transaction(keyed(reverse(&transaction_id, "sent by mistake"), &w.admin, "r1"))
+        .await
+        .unwrap();
+    assert_eq!(replay.metadata().get("idempotent-replay").unwrap(), "true");
+    assert_eq!(replay.into_inner().reversal.unwrap(), reversal);
+    let err = admin
+        .reverse_transaction(keyed(reverse(&transaction_id, "another reason"), &w.admin, "r1"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::IdempotencyKeyReused));
+    // At most one reversal; a reversal is not reversible.
+    let err = admin
+        .reverse_transaction(keyed(reverse(&transaction_id, "again"), &w.admin, "r2"))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), reason_of(&err)), (Code::FailedPrecondition, Some(ErrorCode::AlreadyReversed)));
+    let err = admin
+        .reverse_transaction(keyed(reverse(&reversal.transaction_id, "undo"), &w.admin, "r3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotReversible));
+    assert_eq!(w.posted(&bob, &b).await, -2_000, "nothing moved");
+
+    // The original points at its reversal; the transfer reads as reversed.
+    let original = admin
+        .get_transaction(bearer(GetTransactionRequest { transaction_id: transaction_id.clone() }, &w.admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(original.reversed_by_transaction_id, reversal.transaction_id);
+    let read = w
+        .client()
+        .await
+        .get_transfer(bearer(GetTransferRequest { transfer_id }, &alice.tokens.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    assert_eq!(read.status, TransferStatus::Reversed as i32);
+    let events = w.events("bank.events.v1.TransactionReversed").await;
+    assert_eq!(events.len(), 1);
+    let event = bank_proto::events::v1::TransactionReversed::decode(events[0].as_slice()).unwrap();
+    assert_eq!(event.reversal_transaction_id, reversal.transaction_id);
+    assert_eq!(event.changes.len(), 2);
+
+    // Eight admins racing with their own keys on one deposit: exactly one reversal.
+    let deposit = w
+        .admin_client()
+        .await
+        .create_deposit(keyed(
+            CreateDepositRequest {
+                account_id: a.clone(),
+                amount: eur(700),
+                ..CreateDepositRequest::default()
+            },
+            &w.admin,
+            "dep",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap()
+        .transaction_id;
+    let racers = (0..8).map(|i| {
+        let deposit = deposit.clone();
+        let token = w.admin.clone();
+        let channel = w.admin_client();
+        async move {
+            channel
+                .await
+                .reverse_transaction(keyed(reverse(&deposit, "duplicate"), &token, &format!("race-{i}")))
+                .await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason_of(err), Some(ErrorCode::AlreadyReversed), "{err:?}");
+    }
+    w.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn transfers_are_read_and_listed_only_by_their_parties_newest_first() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let carol = w.identity.user("carol@example.com").await;
+    let a = w.account(&alice, "DE11ALICE", 10_000).await;
+    let b = w.account(&bob, "DE11BOB", 0).await;
+    w.account(&carol, "DE11CAROL", 0).await;
+    let mut sent = Vec::new();
+    for minor in [100, 200, 300] {
+        sent.push(w.send(&alice, &a, "DE11BOB", minor).await.0);
+    }
+    let (to_carol, _) = w.send(&bob, &b, "DE11CAROL", 50).await;
+    let mut client = w.client().await;
+
+    // Alice pages through her three, newest first.
+    let list = |token: &str, account: &str, page_size: i32, page_token: String| {
+        bearer(
+            ListTransfersRequest {
+                page: Some(PageRequest { page_size, page_token }),
+                account_id: account.into(),
+            },
+            token,
+        )
+    };
+    let first = client
+        .list_transfers(list(&alice.tokens.access_token, "", 2, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = first.transfers.iter().map(|t| t.transfer_id.as_str()).collect();
+    assert_eq!(ids, [sent[2].as_str(), sent[1].as_str()]);
+    let token = first.page_info.unwrap().next_page_token;
+    assert!(!token.is_empty());
+    let second =
+        client.list_transfers(list(&alice.tokens.access_token, "", 2, token)).await.unwrap().into_inner();
+    assert_eq!(second.transfers.len(), 1);
+    assert_eq!(second.transfers[0].transfer_id, sent[0]);
+    assert!(second.page_info.unwrap().next_page_token.is_empty());
+    // Alice is not the recipient: she sees the number, not the account id.
+    assert!(second.transfers[0].to_account_id.is_empty());
+    assert_eq!(second.transfers[0].to_account_number, "DE11BOB");
+
+    // Bob sees what he received and what he sent; filtered by his own account; not by Alice's.
+    let bobs = client
+        .list_transfers(list(&bob.tokens.access_token, &b, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bobs.transfers.len(), 4);
+    assert_eq!(bobs.transfers[0].transfer_id, to_carol);
+    assert_eq!(bobs.transfers[1].to_account_id, b, "the recipient sees his account id");
+    let err = client.list_transfers(list(&bob.tokens.access_token, &a, 0, String::new())).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotFound));
+    let carols = client
+        .list_transfers(list(&carol.tokens.access_token, "", 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(carols.transfers.len(), 1);
+
+    // Reading one: the parties can, anyone else gets exactly what a missing id gets.
+    let read = |token: &str, id: &str| bearer(GetTransferRequest { transfer_id: id.into() }, token);
+    let got = client.get_transfer(read(&bob.tokens.access_token, &sent[0])).await.unwrap().into_inner();
+    assert_eq!(got.transfer.unwrap().amount.unwrap().minor_units, 100);
+    client.get_transfer(read(&alice.tokens.access_token, &sent[0])).await.unwrap();
+    let theirs = client.get_transfer(read(&carol.tokens.access_token, &sent[0])).await.unwrap_err();
+    let missing = client
+        .get_transfer(read(&carol.tokens.access_token, &uuid::Uuid::now_v7().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!((theirs.code(), theirs.message()), (missing.code(), missing.message()));
+    assert_eq!(reason_of(&theirs), Some(ErrorCode::NotFound));
+
+    // Bad input.
+    let err = client.get_transfer(read(&carol.tokens.access_token, "nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err =
+        client.list_transfers(list(&alice.tokens.access_token, "", 2, "garbage".into())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err =
+        client.list_transfers(list(&alice.tokens.access_token, "", -1, String::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client.list_transfers(list(&w.service, "", 0, String::new())).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::PermissionDenied));
+}
+
+fn amounts(entries: &[bank_proto::ledger::v1::Entry]) -> Vec<i64> {
+    entries.iter().map(|e| e.amount.as_ref().unwrap().minor_units).collect()
+}
+
+#[tokio::test]
+async fn history_filters_by_time_direction_and_amount_and_sorts_from_the_allowlist() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE12ALICE", 10_000).await;
+    w.account(&bob, "DE12BOB", 0).await;
+    for minor in [100, 500, 300, 2_000] {
+        w.send(&alice, &a, "DE12BOB", minor).await;
+    }
+    let mut client = w.client().await;
+    let token = alice.tokens.access_token.clone();
+    let query = |f: &dyn Fn(&mut ListEntriesRequest)| {
+        let mut request = ListEntriesRequest { account_id: a.clone(), ..ListEntriesRequest::default() };
+        f(&mut request);
+        bearer(request, &token)
+    };
+
+    let all = client.list_entries(query(&|_| {})).await.unwrap().into_inner().entries;
+    assert_eq!(amounts(&all), [-2_000, -300, -500, -100, 10_000], "newest first by default");
+    let oldest = client
+        .list_entries(query(&|r| r.sort = EntrySort::PostedAtAsc as i32))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(amounts(&oldest), [10_000, -100, -500, -300, -2_000]);
+    let debits = client
+        .list_entries(query(&|r| r.direction = EntryDirection::Debit as i32))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(debits.len(), 4);
+    let credits = client
+        .list_entries(query(&|r| r.direction = EntryDirection::Credit as i32))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(amounts(&credits), [10_000]);
+    let ranged = client
+        .list_entries(query(&|r| {
+            r.min_amount_minor_units = 300;
+            r.max_amount_minor_units = 2_000;
+            r.sort = EntrySort::AmountAsc as i32;
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(amounts(&ranged), [-300, -500, -2_000]);
+    // A time window from the second entry (inclusive) to the fourth (exclusive).
+    let (from, to) = (oldest[1].posted_at, oldest[3].posted_at);
+    let window = client
+        .list_entries(query(&|r| {
+            r.from_time = from;
+            r.to_time = to;
+            r.sort = EntrySort::PostedAtAsc as i32;
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(amounts(&window), [-100, -500]);
+
+    // Keyset pages in every order, each page continuing where the last stopped.
+    for (sort, expected) in [
+        (EntrySort::AmountDesc, vec![10_000, -2_000, -500, -300, -100]),
+        (EntrySort::AmountAsc, vec![-100, -300, -500, -2_000, 10_000]),
+        (EntrySort::PostedAtDesc, vec![-2_000, -300, -500, -100, 10_000]),
+        (EntrySort::PostedAtAsc, vec![10_000, -100, -500, -300, -2_000]),
+    ] {
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page_token_now = page_token.clone();
+            let page = client
+                .list_entries(query(&|r| {
+                    r.sort = sort as i32;
+                    r.page = Some(PageRequest { page_size: 2, page_token: page_token_now.clone() });
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(amounts(&page.entries));
+            page_token = page.page_info.unwrap().next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "{sort:?}");
+    }
+
+    // A token of one order is refused by another; nonsense is refused with field violations.
+    let token_of_amounts = client
+        .list_entries(query(&|r| {
+            r.sort = EntrySort::AmountDesc as i32;
+            r.page = Some(PageRequest { page_size: 1, page_token: String::new() });
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .page_info
+        .unwrap()
+        .next_page_token;
+    let err = client
+        .list_entries(query(&|r| {
+            r.page = Some(PageRequest { page_size: 1, page_token: token_of_amounts.clone() });
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for (bad, field) in [
+        (&(|r: &mut ListEntriesRequest| r.sort = 99) as &dyn Fn(&mut ListEntriesRequest), "sort"),
+        (&|r: &mut ListEntriesRequest| r.direction = 7, "direction"),
+        (&|r: &mut ListEntriesRequest| r.min_amount_minor_units = -1, "min_amount_minor_units"),
+        (
+            &|r: &mut ListEntriesRequest| {
+                r.min_amount_minor_units = 500;
+                r.max_amount_minor_units = 100;
+            },
+            "max_amount_minor_units",
+        ),
+        (
+            &|r: &mut ListEntriesRequest| {
+                r.from_time = Some(pbjson_types::Timestamp { seconds: 2_000, nanos: 0 });
+                r.to_time = Some(pbjson_types::Timestamp { seconds: 1_000, nanos: 0 });
+            },
+            "to_time",
+        ),
+    ] {
+        let err = client.list_entries(query(bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        let details = tonic_types::StatusExt::get_error_details(&err);
+        assert_eq!(details.bad_request().unwrap().field_violations[0].field, field);
+    }
+    // A filter value that looks like SQL is just a value (and the sort is an enum, never text).
+    let err = client
+        .list_entries(bearer(
+            ListEntriesRequest {
+                account_id: "1; DROP TABLE entries".into(),
+                ..ListEntriesRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Support staff read any account's history with the same filters.
+    let admin_view = w
+        .admin_client()
+        .await
+        .admin_list_entries(bearer(
+            AdminListEntriesRequest {
+                account_id: a.clone(),
+                direction: EntryDirection::Credit as i32,
+                ..AdminListEntriesRequest::default()
+            },
+            &w.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(amounts(&admin_view), [10_000]);
+    let err = w
+        .admin_client()
+        .await
+        .admin_list_entries(bearer(
+            AdminListEntriesRequest { account_id: a.clone(), ..AdminListEntriesRequest::default() },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::PermissionDenied));
+}
+
+#[tokio::test]
+async fn historical_balances_and_period_summaries_come_from_the_journal() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE13ALICE", 10_000).await;
+    let b = w.account(&bob, "DE13BOB", 0).await;
+    w.send(&alice, &a, "DE13BOB", 2_500).await;
+    let mut client = w.client().await;
+    let token = alice.tokens.access_token.clone();
+    let entries = client
+        .list_entries(bearer(
+            ListEntriesRequest {
+                account_id: a.clone(),
+                sort: EntrySort::PostedAtAsc as i32,
+                ..ListEntriesRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let deposit_at = entries[0].posted_at.unwrap();
+    let transfer_at = entries[1].posted_at.unwrap();
+    let plus_micro =
+        |t: pbjson_types::Timestamp| pbjson_types::Timestamp { seconds: t.seconds, nanos: t.nanos + 1_000 };
+    let as_of = |at: pbjson_types::Timestamp| {
+        bearer(GetBalancesRequest { account_id: a.clone(), as_of: Some(at) }, &token)
+    };
+
+    let balances =
+        |r: tonic::Response<bank_proto::ledger::v1::GetBalancesResponse>| r.into_inner().balances.unwrap();
+    let before = balances(client.get_balances(as_of(deposit_at)).await.unwrap());
+    assert_eq!(before.posted.unwrap().minor_units, 0, "strictly before the first entry");
+    assert!(before.held.is_none() && before.available.is_none());
+    assert_eq!(before.as_of, Some(deposit_at));
+    let between = balances(client.get_balances(as_of(transfer_at)).await.unwrap());
+    assert_eq!(between.posted.unwrap().minor_units, 10_000);
+    let after = balances(client.get_balances(as_of(plus_micro(transfer_at))).await.unwrap());
+    assert_eq!(after.posted.unwrap().minor_units, 7_500);
+    assert_eq!(w.posted(&alice, &a).await, 7_500, "the journal agrees with the maintained balance");
+
+    let future = pbjson_types::Timestamp { seconds: transfer_at.seconds + 3_600, nanos: 0 };
+    let err = client.get_balances(as_of(future)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .get_balances(bearer(GetBalancesRequest { account_id: b.clone(), as_of: Some(transfer_at) }, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotFound));
+
+    // Period summaries for statements (service scope ledger:read).
+    let reader = w.identity.service_token(&["ledger:read"]).await;
+    let summarize = |boundaries: Vec<pbjson_types::Timestamp>, token: &str| {
+        bearer(SummarizeAccountPeriodsRequest { account_id: a.clone(), boundaries }, token)
+    };
+    let periods = client
+        .summarize_account_periods(summarize(vec![deposit_at, transfer_at, plus_micro(transfer_at)], &reader))
+        .await
+        .unwrap()
+        .into_inner()
+        .periods;
+    let minor = |m: &Option<Money>| m.as_ref().unwrap().minor_units;
+    assert_eq!(periods.len(), 2);
+    assert_eq!(
+        (
+            minor(&periods[0].opening_balance),
+            minor(&periods[0].total_credits),
+            minor(&periods[0].closing_balance)
+        ),
+        (0, 10_000, 10_000)
+    );
+    assert_eq!(
+        (
+            minor(&periods[1].opening_balance),
+            minor(&periods[1].total_debits),
+            minor(&periods[1].closing_balance)
+        ),
+        (10_000, 2_500, 7_500)
+    );
+    assert_eq!(periods[1].entry_count, 1);
+    let err = client
+        .summarize_account_periods(summarize(vec![transfer_at, deposit_at], &reader))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err =
+        client.summarize_account_periods(summarize(vec![deposit_at, transfer_at], &token)).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::PermissionDenied));
+}
+
+#[tokio::test]
+async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posting() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE14ALICE", 10_000).await;
+    let b = w.account(&bob, "DE14BOB", 0).await;
+    let mut client = w.client().await;
+    let set = |account: &str, threshold: Option<Money>, token: &str| {
+        bearer(SetLowBalanceThresholdRequest { account_id: account.into(), threshold }, token)
+    };
+
+    let err =
+        client.set_low_balance_threshold(set(&a, eur(5_000), &bob.tokens.access_token)).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotFound), "not Bob's account");
+    let err =
+        client.set_low_balance_threshold(set(&a, eur(-1), &alice.tokens.access_token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let usd = Some(Money { currency: "USD".into(), minor_units: 5 });
+    let err = client.set_low_balance_threshold(set(&a, usd, &alice.tokens.access_token)).await.unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::CurrencyMismatch));
+    let account = client
+        .set_low_balance_threshold(set(&a, eur(5_000), &alice.tokens.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(account.low_balance_threshold, eur(5_000));
+
+    const EVENT: &str = "bank.events.v1.LowBalanceDetected";
+    w.send(&alice, &a, "DE14BOB", 4_000).await; // 6 000: above
+    assert!(w.events(EVENT).await.is_empty());
+    w.send(&alice, &a, "DE14BOB", 2_000).await; // 4 000: crossed
+    w.send(&alice, &a, "DE14BOB", 1_000).await; // 3 000: still below, no second event
+    assert_eq!(w.events(EVENT).await.len(), 1);
+    w.admin_client()
+        .await
+        .create_deposit(keyed(
+            CreateDepositRequest {
+                account_id: a.clone(),
+                amount: eur(3_000),
+                ..CreateDepositRequest::default()
+            },
+            &w.admin,
+            "back-up",
+        ))
+        .await
+        .unwrap(); // 6 000: re-armed
+    w.admin_client()
+        .await
+        .create_withdrawal(keyed(
+            CreateWithdrawalRequest {
+                account_id: a.clone(),
+                amount: eur(2_000),
+                ..CreateWithdrawalRequest::default()
+            },
+            &w.admin,
+            "down-again",
+        ))
+        .await
+        .unwrap(); // 4 000: crossed again
+    let events = w.events(EVENT).await;
+    assert_eq!(events.len(), 2);
+    let event = bank_proto::events::v1::LowBalanceDetected::decode(events[1].as_slice()).unwrap();
+    assert_eq!(event.account_id, a);
+    assert_eq!(event.owner_user_id, alice.user_id);
+    assert_eq!(event.available, eur(4_000));
+    assert_eq!(event.threshold, eur(5_000));
+    assert_eq!(event.account_number_last_four, "LICE");
+    // The event and its posting commit together: each event's account is in that transaction.
+    let (events_without_posting,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM outbox o WHERE o.event_type = $1 AND NOT EXISTS (SELECT 1 FROM entries e          WHERE e.account_id::text = substr(o.subject, 10) AND e.posted_at <= o.occurred_at)",
+    )
+    .bind(EVENT)
+    .fetch_one(&mut w.db().await)
+    .await
+    .unwrap();
+    assert_eq!(events_without_posting, 0);
+
+    // A service mirroring the owner's alert may set it too; clearing it stops the events.
+    client.set_low_balance_threshold(set(&b, eur(10), &w.service)).await.unwrap();
+    client.set_low_balance_threshold(set(&a, None, &alice.tokens.access_token)).await.unwrap();
+    w.send(&alice, &a, "DE14BOB", 3_500).await;
+    assert_eq!(w.events(EVENT).await.len(), 2);
+    w.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn metrics_count_transfers_postings_retries_and_invariant_checks() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE15ALICE", 1_000).await;
+    w.account(&bob, "DE15BOB", 0).await;
+    w.send(&alice, &a, "DE15BOB", 100).await;
+    let err = w
+        .client()
+        .await
+        .create_transfer(keyed(
+            transfer(&a, Destination::ToAccountNumber("DE15BOB".into()), 1_000_000),
+            &alice.tokens.access_token,
+            "too-much",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::InsufficientFunds));
+    w.assert_healthy().await;
+    let (status, body) = bank_testkit::probe::http_get(w.ledger.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "ledger_transfers_total{result=\"posted\"}",
+        "ledger_transfers_total{result=\"INSUFFICIENT_FUNDS\"}",
+        "ledger_posting_duration_seconds_bucket{result=\"committed\"",
+        "ledger_posting_duration_seconds_count{result=\"refused\"}",
+        "ledger_posting_retries_total",
+        "ledger_invariant_checks_total{result=\"healthy\"}",
+    ] {
+        assert!(body.contains(expected), "{expected} missing from\n{body}");
+    }
 }
