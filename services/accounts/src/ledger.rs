@@ -14,9 +14,9 @@ use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, telemet
 use bank_proto::{
     common::v1::{Balances, Money},
     ledger::v1::{
-        CreateLedgerAccountRequest, GetBalancesRequest, LedgerAccount, LedgerAccountStatus,
-        SetLedgerAccountStatusRequest, SetLedgerOverdraftLimitRequest,
-        ledger_service_client::LedgerServiceClient,
+        CreateLedgerAccountRequest, Entry, EntrySort, GetBalancesRequest, LedgerAccount, LedgerAccountStatus,
+        ListEntriesRequest, PeriodSummary, SetLedgerAccountStatusRequest, SetLedgerOverdraftLimitRequest,
+        SummarizeAccountPeriodsRequest, ledger_service_client::LedgerServiceClient,
     },
 };
 use tonic::{Code, Request, transport::Channel, transport::Endpoint};
@@ -188,5 +188,50 @@ impl Ledger {
             .into_inner()
             .balances
             .ok_or_else(|| Failure::Unavailable(tonic::Status::internal("no balances")))
+    }
+
+    /// The account's activity between consecutive `boundaries` (ascending), from the journal.
+    pub(crate) async fn summarize(
+        &self,
+        account_id: Uuid,
+        boundaries: &[time::OffsetDateTime],
+    ) -> Result<Vec<PeriodSummary>, Failure> {
+        let request = self
+            .request(SummarizeAccountPeriodsRequest {
+                account_id: account_id.to_string(),
+                boundaries: boundaries.iter().map(|t| crate::convert::timestamp(*t)).collect(),
+            })
+            .await?;
+        let answer = self.client.clone().summarize_account_periods(request).await.map_err(classify)?;
+        Ok(answer.into_inner().periods)
+    }
+
+    /// Every entry of the account posted in `[from, to)`, oldest first (all pages).
+    pub(crate) async fn entries(
+        &self,
+        account_id: Uuid,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<Vec<Entry>, Failure> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = self
+                .request(ListEntriesRequest {
+                    account_id: account_id.to_string(),
+                    page: Some(bank_proto::common::v1::PageRequest { page_size: 200, page_token }),
+                    from_time: Some(crate::convert::timestamp(from)),
+                    to_time: Some(crate::convert::timestamp(to)),
+                    sort: EntrySort::PostedAtAsc as i32,
+                    ..ListEntriesRequest::default()
+                })
+                .await?;
+            let page = self.client.clone().list_entries(request).await.map_err(classify)?.into_inner();
+            entries.extend(page.entries);
+            page_token = page.page_info.map(|p| p.next_page_token).unwrap_or_default();
+            if page_token.is_empty() {
+                return Ok(entries);
+            }
+        }
     }
 }

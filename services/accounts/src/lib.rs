@@ -7,19 +7,20 @@
 //! contract. Must not depend on another service crate; it reaches the ledger and identity only
 //! through their gRPC contracts.
 //!
-//! Layout: `domain/` (numbers, products, the status lifecycle; pure), `storage` (the only SQL),
-//! `tx` (transactions with internal retries), `ledger` (the ledger client with this service's
-//! service token), `saga` (opening and mirrored changes as sagas of idempotent steps, and the
-//! reconciler that finishes them), `grpc/` (the tonic implementations), `convert` (rows as
-//! messages).
+//! Layout: `domain/` (numbers, products, the status lifecycle, statement periods; pure), `storage`
+//! (the only SQL), `tx` (transactions with internal retries), `ledger` (the ledger client with this
+//! service's service token), `document` (statement PDF and CSV), `saga` (opening and mirrored
+//! changes as sagas of idempotent steps, and the reconciler that finishes them), `grpc/` (the tonic
+//! implementations), `convert` (rows as messages).
 //!
-//! Status: opening, listing, reading, renaming and closing accounts, and the administrative search,
-//! freeze/unfreeze, overdraft limit and forced close work. Statements and interest
-//! (`ListStatements`, `GetStatement`, `DownloadStatement`, `GetInterestSettings`,
-//! `UpdateInterestSettings`) answer `UNIMPLEMENTED` until they are built (README status table).
+//! Status: opening, listing, reading, renaming and closing accounts, the administrative search,
+//! freeze/unfreeze, overdraft limit and forced close, and monthly statements (JSON, PDF, CSV;
+//! `domain::statement`, `document`) work. Interest (`GetInterestSettings`,
+//! `UpdateInterestSettings`) answers `UNIMPLEMENTED` until it is built (README status table).
 
 pub mod config;
 mod convert;
+mod document;
 pub mod domain;
 mod grpc;
 mod ledger;

@@ -13,8 +13,9 @@ use bank_platform::{ErrorCode, error::reason_of, idempotency::REPLAYED};
 use bank_proto::{
     accounts::v1::{
         Account, AccountProduct, AccountStatus, AdminGetAccountRequest, CloseAccountRequest,
-        ForceCloseAccountRequest, FreezeAccountRequest, GetAccountRequest, ListMyAccountsRequest,
-        OpenAccountRequest, SearchAccountsRequest, SetOverdraftLimitRequest, UnfreezeAccountRequest,
+        DownloadStatementRequest, ForceCloseAccountRequest, FreezeAccountRequest, GetAccountRequest,
+        GetStatementRequest, ListMyAccountsRequest, ListStatementsRequest, OpenAccountRequest,
+        SearchAccountsRequest, SetOverdraftLimitRequest, StatementFormat, UnfreezeAccountRequest,
         UpdateAccountNicknameRequest, accounts_admin_service_client::AccountsAdminServiceClient,
         accounts_service_client::AccountsServiceClient,
     },
@@ -840,4 +841,210 @@ async fn while_the_ledger_is_down_requests_answer_unavailable_and_the_reconciler
     let credit = w.deposit(&id, 100).await.unwrap_err();
     assert_reason(&credit, Code::FailedPrecondition, ErrorCode::AccountFrozen);
     assert_eq!(w.events("bank.events.v1.AccountFrozen", &id).await.len(), 1);
+}
+
+/// Checks a PDF structurally: the header, `startxref` pointing at the xref table, every in-use
+/// xref entry pointing at `N 0 obj`, the trailer's size; answers the document as text.
+fn parse_pdf(pdf: &[u8]) -> String {
+    assert!(pdf.starts_with(b"%PDF-1."), "header");
+    let text = String::from_utf8_lossy(pdf).into_owned();
+    assert!(text.trim_end().ends_with("%%EOF"));
+    let startxref: usize =
+        text.rsplit("startxref").next().unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(pdf[startxref..].starts_with(b"xref"), "startxref points at the xref table");
+    // Offsets count bytes of the document (its binary comment makes the lossy text longer).
+    let tail = String::from_utf8_lossy(&pdf[startxref..]).into_owned();
+    let mut lines = tail.lines().skip(1);
+    let header: Vec<usize> = lines.next().unwrap().split(' ').map(|n| n.parse().unwrap()).collect();
+    let (first, count) = (header[0], header[1]);
+    assert_eq!(first, 0);
+    for number in 0..count {
+        let entry = lines.next().unwrap();
+        assert_eq!(entry.len(), 19, "xref entries are 20 bytes with their newline: {entry:?}");
+        let offset: usize = entry[..10].parse().unwrap();
+        if entry.ends_with('n') || entry.ends_with("n ") {
+            assert!(
+                pdf[offset..].starts_with(format!("{number} 0 obj").as_bytes()),
+                "object {number} at {offset}"
+            );
+        }
+    }
+    assert!(text.contains(&format!("/Size {count}")));
+    assert!(text.contains("/Root 1 0 R"));
+    text
+}
+
+#[tokio::test]
+async fn monthly_statements_reconcile_with_the_ledger_as_json_pdf_and_csv() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let account = w.open(&alice, AccountProduct::Checking, "EUR").await;
+    let bobs = w.open(&bob, AccountProduct::Checking, "EUR").await;
+    let a = account.account_id.clone();
+    // The account was opened three months ago (as far as statements are concerned).
+    sqlx::query("UPDATE accounts SET opened_at = now() - interval '80 days' WHERE account_id = $1::uuid")
+        .bind(&a)
+        .execute(&mut w.accounts_db().await)
+        .await
+        .unwrap();
+    w.deposit(&a, 100_000).await.unwrap();
+    w.ledger_client()
+        .await
+        .create_transfer(keyed(
+            CreateTransferRequest {
+                from_account_id: a.clone(),
+                destination: Some(Destination::ToAccountNumber(bobs.account_number.clone())),
+                amount: eur(25_000),
+                description: "rent (october)".into(),
+                fx_quote_id: String::new(),
+            },
+            token(&alice),
+            &fresh_key(),
+        ))
+        .await
+        .unwrap();
+    let mut client = w.client().await;
+
+    // Newest first, one per calendar month since opening, in pages.
+    let list = |page_size: i32, page_token: String| {
+        bearer(
+            ListStatementsRequest {
+                account_id: a.clone(),
+                page: Some(PageRequest { page_size, page_token }),
+            },
+            token(&alice),
+        )
+    };
+    let first = client.list_statements(list(2, String::new())).await.unwrap().into_inner();
+    let mut statements = first.statements.clone();
+    let mut page_token = first.page_info.unwrap().next_page_token;
+    while !page_token.is_empty() {
+        let page = client.list_statements(list(2, page_token)).await.unwrap().into_inner();
+        statements.extend(page.statements);
+        page_token = page.page_info.unwrap().next_page_token;
+    }
+    assert!((3..=4).contains(&statements.len()), "{statements:?}");
+    let periods: Vec<&str> = statements.iter().map(|s| s.period.as_str()).collect();
+    let mut sorted = periods.clone();
+    sorted.sort_unstable_by(|x, y| y.cmp(x));
+    assert_eq!(periods, sorted, "newest first");
+    let current = &statements[0];
+    let minor = |m: &Option<Money>| m.as_ref().unwrap().minor_units;
+    assert_eq!(
+        (minor(&current.opening_balance), minor(&current.closing_balance), current.line_count),
+        (0, 75_000, 2)
+    );
+    assert_eq!((minor(&current.total_credits), minor(&current.total_debits)), (100_000, 25_000));
+    assert!(current.lines.is_empty(), "lists carry no lines");
+    for older in &statements[1..] {
+        assert_eq!(
+            (minor(&older.opening_balance), minor(&older.closing_balance), older.line_count),
+            (0, 0, 0)
+        );
+    }
+
+    // The statement with its lines reconciles, and both ends equal the ledger's balances.
+    let get = |statement_id: &str, user: &TestUser, account_id: &str| {
+        bearer(
+            GetStatementRequest { account_id: account_id.into(), statement_id: statement_id.into() },
+            token(user),
+        )
+    };
+    let statement = client
+        .get_statement(get(&current.statement_id, &alice, &a))
+        .await
+        .unwrap()
+        .into_inner()
+        .statement
+        .unwrap();
+    assert_eq!(statement.lines.len(), 2);
+    let sum: i64 = statement.lines.iter().map(|l| minor(&l.amount)).sum();
+    assert_eq!(minor(&statement.opening_balance) + sum, minor(&statement.closing_balance));
+    assert_eq!(minor(&statement.lines[1].balance_after), minor(&statement.closing_balance));
+    assert_eq!(statement.lines[1].description, "rent (october)");
+    let service = w.identity.service_token(&["ledger:read"]).await;
+    let ledger = w.ledger_client().await;
+    let ledger_at = |at: Option<pbjson_types::Timestamp>| {
+        let (mut ledger, request) =
+            (ledger.clone(), bearer(GetBalancesRequest { account_id: a.clone(), as_of: at }, &service));
+        async move {
+            ledger
+                .get_balances(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .balances
+                .unwrap()
+                .posted
+                .unwrap()
+                .minor_units
+        }
+    };
+    assert_eq!(ledger_at(statement.period_start).await, minor(&statement.opening_balance));
+    assert_eq!(ledger_at(None).await, minor(&statement.closing_balance), "the current month closes at now");
+    let oldest = statements.last().unwrap();
+    let old = client
+        .get_statement(get(&oldest.statement_id, &alice, &a))
+        .await
+        .unwrap()
+        .into_inner()
+        .statement
+        .unwrap();
+    assert!(old.lines.is_empty());
+    assert_eq!(ledger_at(old.period_end).await, minor(&old.closing_balance));
+
+    // The PDF: structurally sound, with the closing balance and a masked account number.
+    let download = |format: StatementFormat| {
+        bearer(
+            DownloadStatementRequest {
+                account_id: a.clone(),
+                statement_id: current.statement_id.clone(),
+                format: format as i32,
+            },
+            token(&alice),
+        )
+    };
+    let pdf = client.download_statement(download(StatementFormat::Unspecified)).await.unwrap().into_inner();
+    let file = pdf.file.unwrap();
+    assert_eq!(file.content_type, "application/pdf");
+    let last_four = &account.account_number[12..];
+    assert_eq!(pdf.filename, format!("statement-{}-{last_four}.pdf", current.period));
+    let text = parse_pdf(&file.data);
+    assert!(text.contains("Closing balance: 750.00 EUR"), "{text}");
+    assert!(text.contains("Opening balance: 0.00 EUR"));
+    assert!(text.contains(&format!("****{last_four}")));
+    assert!(!text.contains(&account.account_number), "the full number never appears");
+    assert!(text.contains("rent \\(october\\)"), "escaped description");
+    let csv = client.download_statement(download(StatementFormat::Csv)).await.unwrap().into_inner();
+    let file = csv.file.unwrap();
+    assert_eq!(file.content_type, "text/csv; charset=utf-8");
+    let csv = String::from_utf8(file.data).unwrap();
+    assert!(csv.contains("-250.00,750.00\r\n"), "{csv}");
+
+    // Nobody else's statements; unknown or made-up ids read like missing ones; bad input refused.
+    let theirs = client.get_statement(get(&current.statement_id, &bob, &a)).await.unwrap_err();
+    let unknown = client
+        .get_statement(get(&current.statement_id, &bob, &Uuid::now_v7().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!((theirs.code(), theirs.message()), (unknown.code(), unknown.message()));
+    assert_reason(&theirs, Code::NotFound, ErrorCode::NotFound);
+    let foreign = client.get_statement(get(&current.statement_id, &bob, &bobs.account_id)).await.unwrap_err();
+    assert_reason(&foreign, Code::NotFound, ErrorCode::NotFound);
+    let made_up = client.get_statement(get(&Uuid::now_v7().to_string(), &alice, &a)).await.unwrap_err();
+    assert_reason(&made_up, Code::NotFound, ErrorCode::NotFound);
+    let err = client.get_statement(get("nope", &alice, &a)).await.unwrap_err();
+    assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
+    let err = client
+        .list_statements(bearer(ListStatementsRequest { account_id: a.clone(), page: None }, token(&bob)))
+        .await
+        .unwrap_err();
+    assert_reason(&err, Code::NotFound, ErrorCode::NotFound);
+    let mut bad_format = download(StatementFormat::Pdf);
+    bad_format.get_mut().format = 42;
+    let err = client.download_statement(bad_format).await.unwrap_err();
+    assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
+    let err = client.list_statements(list(2, "garbage".into())).await.unwrap_err();
+    assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
 }

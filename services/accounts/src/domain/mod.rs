@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod number;
+pub mod statement;
 
 pub use account::{Action, Nickname, Product, Reason, Refusal, Status};
 pub use number::{AccountNumber, NumberPrefix};

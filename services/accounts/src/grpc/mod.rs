@@ -3,12 +3,13 @@
 //! domain types (answering `VALIDATION_FAILED` with every field violation), then call `saga` or
 //! `storage`.
 //!
-//! Not built yet (they answer `UNIMPLEMENTED`, the generated default): statements
-//! (`ListStatements`, `GetStatement`, `DownloadStatement`) and interest (`GetInterestSettings`,
-//! `UpdateInterestSettings`), which need the ledger's historical balances and interest postings.
+//! Statements (`statements`) are computed on demand from the ledger (docs/adr/0013). Not built yet
+//! (they answer `UNIMPLEMENTED`, the generated default): interest (`GetInterestSettings`,
+//! `UpdateInterestSettings`), which needs the ledger's interest postings.
 
 mod admin;
 mod public;
+mod statements;
 
 use bank_auth::{Principal, principal};
 use bank_money::Currency;

@@ -6,8 +6,8 @@
 //! Idempotency: `OpenAccount` and `CloseAccount` require the `idempotency-key` metadata;
 //! `UpdateAccountNickname` honours it when given.
 //!
-//! Statements (`ListStatements`, `GetStatement`, `DownloadStatement`) and `GetInterestSettings`
-//! answer `UNIMPLEMENTED` (the generated default) until they are built.
+//! Statements (`ListStatements`, `GetStatement`, `DownloadStatement`) live in `statements`;
+//! `GetInterestSettings` answers `UNIMPLEMENTED` (the generated default) until it is built.
 
 use bank_platform::{FieldViolation, idempotency, pagination::Page};
 use bank_proto::{
@@ -164,5 +164,42 @@ impl AccountsService for Api {
         };
         let (account, replayed) = saga::change(&self.core, change).await?;
         Ok(answer(CloseAccountResponse { account: Some(account) }, replayed))
+    }
+
+    async fn list_statements(
+        &self,
+        request: Request<ListStatementsRequest>,
+    ) -> Answer<ListStatementsResponse> {
+        let owner = user(&request)?;
+        let req = request.into_inner();
+        let (statements, page_info) =
+            Api::list_statements(self, owner, &req.account_id, req.page.as_ref()).await?;
+        Ok(Response::new(ListStatementsResponse { statements, page_info: Some(page_info) }))
+    }
+
+    async fn get_statement(&self, request: Request<GetStatementRequest>) -> Answer<GetStatementResponse> {
+        let owner = user(&request)?;
+        let req = request.into_inner();
+        let statement = Api::get_statement(self, owner, &req.account_id, &req.statement_id).await?;
+        Ok(Response::new(GetStatementResponse { statement: Some(statement) }))
+    }
+
+    async fn download_statement(
+        &self,
+        request: Request<DownloadStatementRequest>,
+    ) -> Answer<DownloadStatementResponse> {
+        let owner = user(&request)?;
+        let req = request.into_inner();
+        let csv = match StatementFormat::try_from(req.format) {
+            Ok(StatementFormat::Unspecified | StatementFormat::Pdf) => false,
+            Ok(StatementFormat::Csv) => true,
+            Err(_) => return Err(super::invalid("format", "INVALID", "PDF or CSV")),
+        };
+        let (content_type, data, filename) =
+            Api::download_statement(self, owner, &req.account_id, &req.statement_id, csv).await?;
+        Ok(Response::new(DownloadStatementResponse {
+            file: Some(bank_proto::google::api::HttpBody { content_type, data, extensions: Vec::new() }),
+            filename,
+        }))
     }
 }
