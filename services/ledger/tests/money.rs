@@ -666,7 +666,7 @@ async fn holds_reserve_then_capture_void_refund_and_expire() {
 /// model (insufficient funds refused, same account refused, otherwise the money moves), and the
 /// ledger's invariants hold after every sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_transfer_sequences_keep_the_model_and_the_invariants() {
+async fn random_transfer_and_reversal_sequences_keep_the_model_and_the_invariants() {
     use proptest::{
         prelude::*,
         test_runner::{Config, TestRunner},
@@ -685,14 +685,16 @@ async fn random_transfer_sequences_keep_the_model_and_the_invariants() {
     let handle = tokio::runtime::Handle::current();
     let channel = w.ledger.channel().await;
     let mut runner = TestRunner::new(Config { cases: 8, failure_persistence: None, ..Config::default() });
-    let strategy = proptest::collection::vec((0usize..4, 0usize..4, 1i64..600), 1..25);
+    // Each op is a transfer; `undo` 0 reverses it right away, 1 tries twice (the second refused).
+    let strategy = proptest::collection::vec((0usize..4, 0usize..4, 1i64..600, 0u8..4), 1..25);
     let counter = std::cell::Cell::new(0u64);
     runner
         .run(&strategy, |ops| {
             tokio::task::block_in_place(|| {
                 handle.block_on(async {
                     let mut client = LedgerServiceClient::new(channel.clone());
-                    for (from, to, amount) in ops {
+                    let mut admin = LedgerAdminServiceClient::new(channel.clone());
+                    for (from, to, amount, undo) in ops {
                         counter.set(counter.get() + 1);
                         let (from_id, _, token, _) = &accounts[from];
                         let request = keyed(
@@ -710,9 +712,35 @@ async fn random_transfer_sequences_keep_the_model_and_the_invariants() {
                             );
                         } else {
                             prop_assert!(answer.is_ok(), "{answer:?}");
-                            let mut model = model.borrow_mut();
-                            model[from] -= amount;
-                            model[to] += amount;
+                            {
+                                let mut model = model.borrow_mut();
+                                model[from] -= amount;
+                                model[to] += amount;
+                            }
+                            if undo <= 1 {
+                                let transaction_id =
+                                    answer.unwrap().into_inner().transfer.unwrap().transaction_id;
+                                for attempt in 0..=undo {
+                                    let reversal = admin
+                                        .reverse_transaction(keyed(
+                                            reverse(&transaction_id, "model"),
+                                            &w.admin,
+                                            &format!("p-{}-undo-{attempt}", counter.get()),
+                                        ))
+                                        .await;
+                                    if attempt == 0 {
+                                        prop_assert!(reversal.is_ok(), "{reversal:?}");
+                                        let mut model = model.borrow_mut();
+                                        model[from] += amount;
+                                        model[to] -= amount;
+                                    } else {
+                                        prop_assert_eq!(
+                                            reason_of(&reversal.unwrap_err()),
+                                            Some(ErrorCode::AlreadyReversed)
+                                        );
+                                    }
+                                }
+                            }
                         }
                     }
                     for (i, (id, _, _, owner)) in accounts.iter().enumerate() {
