@@ -463,7 +463,8 @@ pub async fn transfer_for(
 }
 
 /// Transfers that `user` sent or received (only those touching `account`, when given), newest
-/// first, with `seq < before`.
+/// first, with `seq < before`. Each side is an index scan per account of the user (never a scan of
+/// every transfer), merged and deduplicated (a transfer between two own accounts is on both sides).
 pub async fn transfers_for(
     conn: &mut PgConnection,
     user: Uuid,
@@ -472,9 +473,17 @@ pub async fn transfers_for(
     limit: i64,
 ) -> Result<Vec<TransferRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{TRANSFER_SELECT} WHERE tr.seq < $2 AND (f.owner_user_id = $1 OR d.owner_user_id = $1) \
-           AND ($3::uuid IS NULL OR tr.from_account_id = $3 OR tr.to_account_id = $3) \
-         ORDER BY tr.seq DESC LIMIT $4"
+        "WITH mine AS ( \
+           SELECT account_id FROM ledger_accounts \
+           WHERE owner_user_id = $1 AND ($3::uuid IS NULL OR account_id = $3) \
+         ), page AS ( \
+           (SELECT s.seq FROM mine, LATERAL (SELECT seq FROM transfers \
+              WHERE from_account_id = mine.account_id AND seq < $2 ORDER BY seq DESC LIMIT $4) s) \
+           UNION \
+           (SELECT s.seq FROM mine, LATERAL (SELECT seq FROM transfers \
+              WHERE to_account_id = mine.account_id AND seq < $2 ORDER BY seq DESC LIMIT $4) s) \
+         ) \
+         {TRANSFER_SELECT} WHERE tr.seq IN (SELECT seq FROM page) ORDER BY tr.seq DESC LIMIT $4"
     )))
     .bind(user)
     .bind(before)
