@@ -9,15 +9,29 @@
 #
 # Logs: .dev/logs/<service>.log (JSON lines). Settings: each process reads BANK_* variables; put
 # overrides in .dev/env (sourced when present).
+#
+# A second mesh beside the first (the test suite's schemathesis run uses this):
+#   DEV_DIR=<dir>          state directory instead of .dev
+#   DEV_PORT_OFFSET=<n>    added to every port
+#   DEV_DB_PREFIX=<p>      database names <p><service> instead of bank_<service>
+#   DEV_REDIS_PREFIX=<p>   Redis keys under <p> instead of bank:
+#   DEV_GATEWAY_SETTINGS="BANK_X=1 BANK_Y=2"   extra settings of the gateway only
+# Once every process is ready, "$DEV_DIR/up" exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 profile="${PROFILE:-debug}"
+dev="${DEV_DIR:-.dev}"
+offset="${DEV_PORT_OFFSET:-0}"
+db_prefix="${DEV_DB_PREFIX:-bank_}"
+redis_prefix="${DEV_REDIS_PREFIX:-bank:}"
 grpc_services=(identity accounts ledger cards notifications)
 declare -A grpc_port=([identity]=50051 [accounts]=50052 [ledger]=50053 [cards]=50054 [notifications]=50055)
 declare -A admin_port=([identity]=9101 [accounts]=9102 [ledger]=9103 [cards]=9104 [notifications]=9105 [gateway]=9106)
-gateway_port=8080
+gateway_port=$((8080 + offset))
+for svc in "${!grpc_port[@]}"; do grpc_port[$svc]=$((grpc_port[$svc] + offset)); done
+for svc in "${!admin_port[@]}"; do admin_port[$svc]=$((admin_port[$svc] + offset)); done
 
 ensure_rust
 ensure_postgres
@@ -25,12 +39,12 @@ ensure_redis
 
 if [ "${1:-}" = "--reset" ]; then
   log "reset: dropping the dev databases and .dev/"
-  for svc in "${grpc_services[@]}"; do psql_admin -c "DROP DATABASE IF EXISTS bank_${svc} WITH (FORCE)"; done
-  rm -rf .dev
+  for svc in "${grpc_services[@]}"; do psql_admin -c "DROP DATABASE IF EXISTS ${db_prefix}${svc} WITH (FORCE)"; done
+  rm -rf "$dev"
 fi
 
 for svc in "${grpc_services[@]}"; do
-  db="bank_${svc}"
+  db="${db_prefix}${svc}"
   if [ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '${db}'")" ]; then
     log "creating database ${db}"
     psql_admin -c "CREATE DATABASE ${db}"
@@ -45,16 +59,17 @@ for port in "${grpc_port[@]}" "${admin_port[@]}" "$gateway_port"; do
   port_open "$port" && die "port $port is already in use (another mesh running?)"
 done
 
-mkdir -p .dev/logs .dev/secrets
-chmod 700 .dev/secrets
-[ -f .dev/env ] && source .dev/env
+mkdir -p "$dev/logs" "$dev/secrets"
+chmod 700 "$dev/secrets"
+rm -f "$dev/up"
+[ -f "$dev/env" ] && source "$dev/env"
 
 # Development secrets, generated once per checkout and kept in .dev/secrets (git-ignored):
 # identity's key-encryption key, the first admin, and one service client per service.
 random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '\n/+=' | head -c "$2"; }
-[ -s .dev/secrets/kek ] || head -c 32 /dev/urandom | base64 > .dev/secrets/kek
-[ -s .dev/secrets/admin ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > .dev/secrets/admin
-if [ ! -s .dev/secrets/clients ]; then
+[ -s "$dev/secrets/kek" ] || head -c 32 /dev/urandom | base64 > "$dev/secrets/kek"
+[ -s "$dev/secrets/admin" ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > "$dev/secrets/admin"
+if [ ! -s "$dev/secrets/clients" ]; then
   {
     echo "# client_id:secret:scopes — service clients identity provisions at start"
     echo "accounts:$(random_secret 48 32):identity:introspect,ledger:accounts,ledger:read"
@@ -62,12 +77,12 @@ if [ ! -s .dev/secrets/clients ]; then
     echo "cards:$(random_secret 48 32):identity:introspect,ledger:holds"
     echo "notifications:$(random_secret 48 32):identity:introspect"
     echo "gateway:$(random_secret 48 32):identity:introspect"
-  } > .dev/secrets/clients
+  } > "$dev/secrets/clients"
 fi
 for svc in accounts ledger cards notifications gateway; do
-  grep "^${svc}:" .dev/secrets/clients | cut -d: -f2 > ".dev/secrets/client-${svc}"
+  grep "^${svc}:" "$dev/secrets/clients" | cut -d: -f2 > "$dev/secrets/client-${svc}"
 done
-chmod 600 .dev/secrets/*
+chmod 600 "$dev"/secrets/*
 
 pids=()
 stopped=""
@@ -86,36 +101,54 @@ trap stop_all EXIT
 start() {
   local svc=$1; shift
   env BANK_ENV=local BANK_CONFIG_DIR="services/${svc}/config" "$@" \
-    "${bin}/${svc}" >".dev/logs/${svc}.log" 2>&1 &
+    "${bin}/${svc}" >"$dev/logs/${svc}.log" 2>&1 &
   pids+=("$!")
 }
 
 start identity \
   BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[identity]}" \
   BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[identity]}" \
-  BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/bank_identity" \
+  BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/${db_prefix}identity" \
   BANK_REDIS__URL="redis://127.0.0.1:6379" \
-  BANK_REDIS__KEY_PREFIX="bank:identity:" \
-  BANK_KEYS__KEK_FILE=.dev/secrets/kek \
-  BANK_BOOTSTRAP__ADMIN_FILE=.dev/secrets/admin \
-  BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE=.dev/secrets/clients \
-  BANK_EMAIL__DEV_MAIL_LOG=.dev/mail.log
+  BANK_REDIS__KEY_PREFIX="${redis_prefix}identity:" \
+  BANK_AUTH__REDIS_PREFIX="${redis_prefix}auth:" \
+  BANK_KEYS__KEK_FILE="$dev/secrets/kek" \
+  BANK_BOOTSTRAP__ADMIN_FILE="$dev/secrets/admin" \
+  BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE="$dev/secrets/clients" \
+  BANK_EMAIL__DEV_MAIL_LOG="$dev/mail.log"
+declare -A extra=([accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}")
 for svc in accounts ledger cards notifications; do
-  start "$svc" \
+  # shellcheck disable=SC2086 # extra settings are KEY=VALUE words
+  start "$svc" ${extra[$svc]:-} \
     BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[$svc]}" \
     BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[$svc]}" \
-    BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/bank_${svc}" \
+    BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/${db_prefix}${svc}" \
     BANK_REDIS__URL="redis://127.0.0.1:6379" \
-    BANK_REDIS__KEY_PREFIX="bank:${svc}:" \
+    BANK_REDIS__KEY_PREFIX="${redis_prefix}${svc}:" \
+    BANK_AUTH__REDIS_PREFIX="${redis_prefix}auth:" \
     BANK_AUTH__IDENTITY_URL="http://127.0.0.1:${grpc_port[identity]}" \
     BANK_AUTH__CLIENT_ID="$svc" \
-    BANK_AUTH__CLIENT_SECRET_FILE=".dev/secrets/client-${svc}"
+    BANK_AUTH__CLIENT_SECRET_FILE="$dev/secrets/client-${svc}"
 done
+# The gateway: plain HTTP locally, so no HSTS; browsers of a local frontend may call it.
+# shellcheck disable=SC2086 # DEV_GATEWAY_SETTINGS is a list of KEY=VALUE words
 start gateway \
   BANK_SERVER__LISTEN_ADDR="127.0.0.1:${gateway_port}" \
   BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[gateway]}" \
   BANK_REDIS__URL="redis://127.0.0.1:6379" \
-  BANK_REDIS__KEY_PREFIX="bank:gateway:"
+  BANK_REDIS__KEY_PREFIX="${redis_prefix}gateway:" \
+  BANK_AUTH__REDIS_PREFIX="${redis_prefix}auth:" \
+  BANK_EDGE__HSTS=false \
+  BANK_EDGE__CORS_ALLOWED_ORIGINS='["http://localhost:3000","http://127.0.0.1:3000"]' \
+  BANK_UPSTREAMS__IDENTITY="http://127.0.0.1:${grpc_port[identity]}" \
+  BANK_UPSTREAMS__ACCOUNTS="http://127.0.0.1:${grpc_port[accounts]}" \
+  BANK_UPSTREAMS__LEDGER="http://127.0.0.1:${grpc_port[ledger]}" \
+  BANK_UPSTREAMS__CARDS="http://127.0.0.1:${grpc_port[cards]}" \
+  BANK_UPSTREAMS__NOTIFICATIONS="http://127.0.0.1:${grpc_port[notifications]}" \
+  BANK_AUTH__IDENTITY_URL="http://127.0.0.1:${grpc_port[identity]}" \
+  BANK_AUTH__CLIENT_ID=gateway \
+  BANK_AUTH__CLIENT_SECRET_FILE="$dev/secrets/client-gateway" \
+  ${DEV_GATEWAY_SETTINGS:-}
 
 # Ready when every admin port answers /health/ready with 200.
 ready() {
@@ -133,8 +166,9 @@ for svc in "${grpc_services[@]}" gateway; do
     if ready "${admin_port[$svc]}"; then ok=1; break; fi
     sleep 0.25
   done
-  [ -n "$ok" ] || { tail -n 20 ".dev/logs/${svc}.log" >&2; die "${svc} did not become ready (log: .dev/logs/${svc}.log)"; }
+  [ -n "$ok" ] || { tail -n 20 "$dev/logs/${svc}.log" >&2; die "${svc} did not become ready (log: $dev/logs/${svc}.log)"; }
 done
+touch "$dev/up"
 
 cat <<INFO
 
@@ -148,13 +182,13 @@ done
 printf '  %-14s %-18s http://127.0.0.1:%s   (REST)\n' gateway "http://127.0.0.1:${gateway_port}" "${admin_port[gateway]}"
 cat <<INFO
 
-  logs:      .dev/logs/<service>.log
-  emails:    .dev/mail.log   (verification and password-reset tokens, until notifications sends mail)
-  admin:     .dev/secrets/admin   (email:password of the first admin)
-  databases: postgres://postgres@127.0.0.1:5432/bank_<service>
-  try:       grpcurl -plaintext 127.0.0.1:50051 list
-             grpcurl -plaintext -d '{"email":"alice@example.com","password":"a long passphrase of yours","given_name":"Alice"}' \\
-               127.0.0.1:50051 bank.identity.v1.IdentityService/Register
+  logs:      ${dev}/logs/<service>.log
+  emails:    ${dev}/mail.log   (verification and password-reset tokens, until notifications sends mail)
+  admin:     ${dev}/secrets/admin   (email:password of the first admin)
+  databases: postgres://postgres@127.0.0.1:5432/${db_prefix}<service>
+  try:       grpcurl -plaintext 127.0.0.1:${grpc_port[identity]} list
+             curl -s http://127.0.0.1:${gateway_port}/api/v1/auth/register -H 'content-type: application/json' \\
+               -d '{"email":"alice@example.com","password":"a long passphrase of yours","givenName":"Alice"}'
 
 INFO
 
@@ -162,7 +196,7 @@ INFO
 while true; do
   for i in "${!pids[@]}"; do
     if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-      log "a process exited unexpectedly; see .dev/logs/"
+      log "a process exited unexpectedly; see $dev/logs/"
       exit 1
     fi
   done

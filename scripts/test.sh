@@ -4,6 +4,9 @@
 # its own uniquely named database and Redis key prefix and removes them afterwards.
 #
 #   scripts/test.sh [extra nextest/cargo-test arguments]
+#
+# Then schemathesis (PyPI) runs against the live REST gateway of a private mesh
+# (scripts/schemathesis.sh); SKIP_SCHEMATHESIS=1 leaves it out (e.g. while iterating on one crate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -28,4 +31,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   log "cargo-nextest not installed; using cargo test"
   cargo test --workspace --no-fail-fast "$@"
+fi
+
+if [ "${SKIP_SCHEMATHESIS:-0}" != 1 ]; then
+  scripts/schemathesis.sh
 fi

@@ -66,6 +66,13 @@ const ERRORS: &[(&str, &str, &str, &str, &str)] = &[
         "CONFLICT",
     ),
     (
+        "413",
+        "PayloadTooLarge",
+        "The request body is larger than the gateway accepts.",
+        "INVALID_ARGUMENT",
+        "PAYLOAD_TOO_LARGE",
+    ),
+    (
         "415",
         "UnsupportedMediaType",
         "A request body that is not `application/json`.",
@@ -96,9 +103,16 @@ const ERRORS: &[(&str, &str, &str, &str, &str)] = &[
     (
         "503",
         "Unavailable",
-        "A service or dependency is unavailable; safe to retry (with the same `Idempotency-Key`).",
+        "A service or dependency is unavailable, its circuit is open, or the gateway is at capacity; safe to retry after `Retry-After` (with the same `Idempotency-Key`).",
         "UNAVAILABLE",
         "UNAVAILABLE",
+    ),
+    (
+        "504",
+        "GatewayTimeout",
+        "The deadline passed before the outcome was known; retry with the same `Idempotency-Key` to learn it.",
+        "DEADLINE_EXCEEDED",
+        "DEADLINE_EXCEEDED",
     ),
 ];
 
@@ -211,6 +225,21 @@ pub(crate) fn document(pool: &DescriptorPool, routes: &[Route]) -> Result<Value,
                 },
                 "RetryAfter": {
                     "description": "Seconds to wait before retrying.",
+                    "required": false,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                "RateLimitLimit": {
+                    "description": "The request quota of the most constrained limit that applies (per client IP, per user, per route class, failed logins).",
+                    "required": false,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                "RateLimitRemaining": {
+                    "description": "Requests left of that quota now.",
+                    "required": false,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                "RateLimitReset": {
+                    "description": "Seconds until that quota is whole again.",
                     "required": false,
                     "schema": {"type": "integer", "minimum": 0},
                 },
@@ -333,12 +362,12 @@ fn success_and_errors(content: &Value, description: &str, has_body: bool) -> Val
         "200".to_owned(),
         json!({
             "description": description,
-            "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+            "headers": rate_limit_headers(json!({"X-Request-Id": {"$ref": "#/components/headers/RequestId"}})),
             "content": content,
         }),
     );
     for (status, name, ..) in ERRORS {
-        if *status == "415" && !has_body {
+        if matches!(*status, "413" | "415") && !has_body {
             continue;
         }
         responses.insert((*status).to_owned(), json!({"$ref": format!("#/components/responses/{name}")}));
@@ -347,11 +376,22 @@ fn success_and_errors(content: &Value, description: &str, has_body: bool) -> Val
     Value::Object(responses)
 }
 
+/// Adds the `RateLimit-*` headers to a response's headers.
+fn rate_limit_headers(mut headers: Value) -> Value {
+    headers["RateLimit-Limit"] = json!({"$ref": "#/components/headers/RateLimitLimit"});
+    headers["RateLimit-Remaining"] = json!({"$ref": "#/components/headers/RateLimitRemaining"});
+    headers["RateLimit-Reset"] = json!({"$ref": "#/components/headers/RateLimitReset"});
+    headers
+}
+
 fn problem_response(status: &str, description: &str, code: &str, reason: &str) -> Value {
     let status_number: u16 = status.parse().unwrap_or(500);
     let mut headers = json!({"X-Request-Id": {"$ref": "#/components/headers/RequestId"}});
     if matches!(status, "429" | "503") {
         headers["Retry-After"] = json!({"$ref": "#/components/headers/RetryAfter"});
+    }
+    if status == "429" {
+        headers = rate_limit_headers(headers);
     }
     let mut example = json!({
         "type": "about:blank",
@@ -381,10 +421,12 @@ fn title(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
+        413 => "Payload Too Large",
         415 => "Unsupported Media Type",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Internal Server Error",
     }
 }
