@@ -597,8 +597,9 @@ impl LedgerService for Api {
                         .await?;
                 let account =
                     posted.accounts.get(&hold.account_id).cloned().ok_or(sqlx::Error::RowNotFound)?;
-                bank_platform::outbox::publish(
+                posting::publish(
                     conn,
+                    &posted,
                     &format!("holds/{hold_id}"),
                     &events::HoldCaptured {
                         hold_id: hold_id.to_string(),
@@ -695,8 +696,9 @@ impl LedgerService for Api {
                 .await?;
                 let account =
                     posted.accounts.get(&hold.account_id).cloned().ok_or(sqlx::Error::RowNotFound)?;
-                bank_platform::outbox::publish(
+                posting::publish(
                     conn,
+                    &posted,
                     &format!("holds/{hold_id}"),
                     &events::HoldRefunded {
                         hold_id: hold_id.to_string(),
@@ -1040,8 +1042,9 @@ impl LedgerService for Api {
                     scheduled_transfer_id: String::new(),
                     created_at: Some(timestamp(posted.posted_at)),
                 };
-                bank_platform::outbox::publish(
+                posting::publish(
                     conn,
+                    &posted,
                     &format!("transfers/{transfer_id}"),
                     &events::TransferPosted {
                         transfer_id: transfer_id.to_string(),
@@ -1160,8 +1163,9 @@ impl Api {
                 let subject = format!("accounts/{account_id}");
                 let amount_money = Some(money(currency.code(), amount.minor_units()));
                 if deposit {
-                    bank_platform::outbox::publish(
+                    posting::publish(
                         conn,
+                        &posted,
                         &subject,
                         &events::DepositPosted {
                             transaction_id: posted.transaction_id.to_string(),
@@ -1174,8 +1178,9 @@ impl Api {
                     )
                     .await?;
                 } else {
-                    bank_platform::outbox::publish(
+                    posting::publish(
                         conn,
+                        &posted,
                         &subject,
                         &events::WithdrawalPosted {
                             transaction_id: posted.transaction_id.to_string(),
@@ -1854,8 +1859,9 @@ async fn reverse(
             })
         })
         .collect();
-    bank_platform::outbox::publish(
+    posting::publish(
         conn,
+        &posted,
         &format!("transactions/{transaction_id}"),
         &events::TransactionReversed {
             transaction_id: transaction_id.to_string(),

@@ -74,8 +74,8 @@ pub struct Posted {
     pub entries: Vec<(Uuid, Uuid, i64, i64)>,
     /// The accounts after posting.
     pub accounts: BTreeMap<Uuid, AccountRow>,
-    /// Accounts whose available balance crossed below their low-balance threshold (an event was
-    /// written for each).
+    /// Accounts whose available balance crossed below their low-balance threshold ([`publish`]
+    /// writes their events).
     pub crossed_below: Vec<Uuid>,
 }
 
@@ -140,7 +140,8 @@ pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<BTreeMap<Uuid
     Ok(accounts)
 }
 
-/// Checks every rule on the locked `accounts` and posts `plan`.
+/// Checks every rule on the locked `accounts` and posts `plan`. The caller writes the posting's
+/// event with [`publish`] (which adds the low-balance events) in the same transaction.
 ///
 /// Rules: legs sum to zero; every account in `plan.currency`; a debited customer account is active
 /// and keeps `available >= -overdraft_limit`; a credited customer account is not closed, and not
@@ -253,16 +254,16 @@ pub async fn post(
         &rows,
     )
     .await?;
-    let mut crossed_below = Vec::new();
-    for account in accounts.values() {
-        let Some(threshold) = account.low_balance_threshold else { continue };
-        let before = available_before.get(&account.account_id).copied().unwrap_or_default();
-        let after = account.posted.saturating_sub(account.held);
-        if crossed(before, after, threshold) {
-            low_balance_event(conn, account, threshold, after).await?;
-            crossed_below.push(account.account_id);
-        }
-    }
+    let crossed_below = accounts
+        .values()
+        .filter(|account| {
+            account.low_balance_threshold.is_some_and(|threshold| {
+                let before = available_before.get(&account.account_id).copied().unwrap_or_default();
+                crossed(before, account.posted.saturating_sub(account.held), threshold)
+            })
+        })
+        .map(|account| account.account_id)
+        .collect();
     Ok(Posted { transaction_id, posted_at, entries, accounts: accounts.clone(), crossed_below })
 }
 
@@ -274,32 +275,40 @@ pub const fn crossed(before: i64, after: i64, threshold: i64) -> bool {
     before >= threshold && after < threshold
 }
 
-/// Writes the LowBalanceDetected event of a crossing (in the posting's transaction).
-async fn low_balance_event(
+/// Writes the event of a posting and, for every account the posting took below its low-balance
+/// threshold, a `LowBalanceDetected` caused by that event — all in the posting's transaction, so the
+/// alert exists exactly when the posting does. Answers the posting event's id.
+///
+/// # Errors
+/// The database failed.
+pub async fn publish<M: prost::Message + prost::Name>(
     conn: &mut PgConnection,
-    account: &AccountRow,
-    threshold: i64,
-    available: i64,
-) -> Result<(), sqlx::Error> {
-    let number = account.account_number.clone().unwrap_or_default();
-    let last_four = number.get(number.len().saturating_sub(4)..).unwrap_or_default().to_owned();
-    let money =
-        |minor_units| bank_proto::common::v1::Money { currency: account.currency.clone(), minor_units };
-    bank_platform::outbox::publish(
-        conn,
-        &format!("accounts/{}", account.account_id),
-        &bank_proto::events::v1::LowBalanceDetected {
-            account_id: account.account_id.to_string(),
-            owner_user_id: account.owner_user_id.map(|u| u.to_string()).unwrap_or_default(),
-            account_number_last_four: last_four,
-            threshold: Some(money(threshold)),
-            available: Some(money(available)),
-            // The posting's own event is written after it; the transaction ties them together.
-            cause_event_id: String::new(),
-        },
-    )
-    .await?;
-    Ok(())
+    posted: &Posted,
+    subject: &str,
+    payload: &M,
+) -> Result<Uuid, sqlx::Error> {
+    let cause = bank_platform::outbox::publish(conn, subject, payload).await?;
+    for account in posted.crossed_below.iter().filter_map(|id| posted.accounts.get(id)) {
+        let Some(threshold) = account.low_balance_threshold else { continue };
+        let number = account.account_number.clone().unwrap_or_default();
+        let last_four = number.get(number.len().saturating_sub(4)..).unwrap_or_default().to_owned();
+        let money =
+            |minor_units| bank_proto::common::v1::Money { currency: account.currency.clone(), minor_units };
+        bank_platform::outbox::publish(
+            conn,
+            &format!("accounts/{}", account.account_id),
+            &bank_proto::events::v1::LowBalanceDetected {
+                account_id: account.account_id.to_string(),
+                owner_user_id: account.owner_user_id.map(|u| u.to_string()).unwrap_or_default(),
+                account_number_last_four: last_four,
+                threshold: Some(money(threshold)),
+                available: Some(money(account.posted.saturating_sub(account.held))),
+                cause_event_id: cause.to_string(),
+            },
+        )
+        .await?;
+    }
+    Ok(cause)
 }
 
 /// Whether an error is a serialization failure or deadlock that a retry resolves.

@@ -1385,15 +1385,19 @@ async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posti
     assert_eq!(event.available, eur(4_000));
     assert_eq!(event.threshold, eur(5_000));
     assert_eq!(event.account_number_last_four, "LICE");
-    // The event and its posting commit together: each event's account is in that transaction.
-    let (events_without_posting,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM outbox o WHERE o.event_type = $1 AND NOT EXISTS (SELECT 1 FROM entries e          WHERE e.account_id::text = substr(o.subject, 10) AND e.posted_at <= o.occurred_at)",
-    )
-    .bind(EVENT)
-    .fetch_one(&mut w.db().await)
-    .await
-    .unwrap();
-    assert_eq!(events_without_posting, 0);
+    // Each alert names the event of the posting that caused it (written in the same transaction).
+    let mut causes = Vec::new();
+    for payload in &events {
+        let alert = bank_proto::events::v1::LowBalanceDetected::decode(payload.as_slice()).unwrap();
+        let (cause_type,): (String,) =
+            sqlx::query_as("SELECT event_type FROM outbox WHERE event_id = $1::uuid")
+                .bind(&alert.cause_event_id)
+                .fetch_one(&mut w.db().await)
+                .await
+                .unwrap();
+        causes.push(cause_type);
+    }
+    assert_eq!(causes, ["bank.events.v1.TransferPosted", "bank.events.v1.WithdrawalPosted"]);
 
     // A service mirroring the owner's alert may set it too; clearing it stops the events.
     client.set_low_balance_threshold(set(&b, eur(10), &w.service)).await.unwrap();
