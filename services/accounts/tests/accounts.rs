@@ -1047,4 +1047,35 @@ async fn monthly_statements_reconcile_with_the_ledger_as_json_pdf_and_csv() {
     assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
     let err = client.list_statements(list(2, "garbage".into())).await.unwrap_err();
     assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
+    let err = client
+        .list_statements(bearer(
+            ListStatementsRequest { account_id: "nope".into(), page: None },
+            token(&alice),
+        ))
+        .await
+        .unwrap_err();
+    assert_reason(&err, Code::InvalidArgument, ErrorCode::ValidationFailed);
+    let err = client
+        .list_statements(bearer(ListStatementsRequest { account_id: a.clone(), page: None }, &w.admin))
+        .await
+        .unwrap_err();
+    assert_reason(&err, Code::NotFound, ErrorCode::NotFound);
+
+    // An account still being opened has no statements yet (the ledger does not know it).
+    // (Not due for the reconciler for an hour, so it stays opening for this test.)
+    sqlx::query(
+        "UPDATE accounts SET status = 'opening', saga_retry_at = now() + interval '1 hour' WHERE account_id = $1::uuid",
+    )
+        .bind(&bobs.account_id)
+        .execute(&mut w.accounts_db().await)
+        .await
+        .unwrap();
+    let err = client
+        .list_statements(bearer(
+            ListStatementsRequest { account_id: bobs.account_id.clone(), page: None },
+            token(&bob),
+        ))
+        .await
+        .unwrap_err();
+    assert_reason(&err, Code::FailedPrecondition, ErrorCode::AccountNotReady);
 }

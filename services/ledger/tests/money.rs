@@ -595,6 +595,15 @@ async fn holds_reserve_then_capture_void_refund_and_expire() {
         .into_inner();
     assert!(repeat.transaction.is_none(), "a repeated capture posts nothing");
     assert_eq!(w.available(&alice, &a).await, 7_000);
+    // A capture is corrected by a refund, never by a reversal.
+    let capture_transaction = captured.transaction.unwrap().transaction_id;
+    let err = w
+        .admin_client()
+        .await
+        .reverse_transaction(keyed(reverse(&capture_transaction, "chargeback"), &w.admin, "rev-capture"))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), reason_of(&err)), (Code::FailedPrecondition, Some(ErrorCode::NotReversible)));
     let refund = |reference: &str, minor: i64| {
         bearer(
             RefundHoldRequest {
