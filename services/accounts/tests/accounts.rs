@@ -1079,3 +1079,93 @@ async fn monthly_statements_reconcile_with_the_ledger_as_json_pdf_and_csv() {
         .unwrap_err();
     assert_reason(&err, Code::FailedPrecondition, ErrorCode::AccountNotReady);
 }
+
+#[tokio::test]
+async fn every_statement_reconciles_with_the_ledgers_balances_at_its_period_boundaries() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let account = w.open(&alice, AccountProduct::Savings, "EUR").await;
+    let a = account.account_id.clone();
+    sqlx::query("UPDATE accounts SET opened_at = now() - interval '80 days' WHERE account_id = $1::uuid")
+        .bind(&a)
+        .execute(&mut w.accounts_db().await)
+        .await
+        .unwrap();
+    w.deposit(&a, 40_000).await.unwrap();
+    w.deposit(&a, 2_000).await.unwrap();
+    w.withdraw(&a, 5_000).await;
+    // Postings can only happen now; move the first deposit 40 days into the past directly in the
+    // ledger's journal (the hash chain would flag this; statements only read posted_at and amounts).
+    let mut ledger_db = w.ledger_db().await;
+    sqlx::query("ALTER TABLE entries DISABLE TRIGGER entries_append_only")
+        .execute(&mut ledger_db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE entries SET posted_at = posted_at - interval '40 days' WHERE transaction_id = \
+         (SELECT transaction_id FROM entries WHERE account_id = $1::uuid ORDER BY sequence LIMIT 1)",
+    )
+    .bind(&a)
+    .execute(&mut ledger_db)
+    .await
+    .unwrap();
+    sqlx::query("ALTER TABLE entries ENABLE TRIGGER entries_append_only")
+        .execute(&mut ledger_db)
+        .await
+        .unwrap();
+
+    let mut client = w.client().await;
+    let statements = client
+        .list_statements(bearer(ListStatementsRequest { account_id: a.clone(), page: None }, token(&alice)))
+        .await
+        .unwrap()
+        .into_inner()
+        .statements;
+    let service = w.identity.service_token(&["ledger:read"]).await;
+    let mut ledger = w.ledger_client().await;
+    let minor = |m: &Option<Money>| m.as_ref().unwrap().minor_units;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut with_lines = 0;
+    for (i, listed) in statements.iter().enumerate() {
+        let statement = client
+            .get_statement(bearer(
+                GetStatementRequest { account_id: a.clone(), statement_id: listed.statement_id.clone() },
+                token(&alice),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .statement
+            .unwrap();
+        let sum: i64 = statement.lines.iter().map(|l| minor(&l.amount)).sum();
+        assert_eq!(
+            minor(&statement.opening_balance) + sum,
+            minor(&statement.closing_balance),
+            "{}",
+            statement.period
+        );
+        assert_eq!(statement.line_count, i32::try_from(statement.lines.len()).unwrap());
+        with_lines += usize::from(!statement.lines.is_empty());
+        let end = statement.period_end.unwrap();
+        let end = (u64::try_from(end.seconds).unwrap() <= now).then_some(end);
+        for (at, expected) in
+            [(statement.period_start, &statement.opening_balance), (end, &statement.closing_balance)]
+        {
+            let balances = ledger
+                .get_balances(bearer(GetBalancesRequest { account_id: a.clone(), as_of: at }, &service))
+                .await
+                .unwrap()
+                .into_inner()
+                .balances
+                .unwrap();
+            assert_eq!(minor(&balances.posted), minor(expected), "{} at {at:?}", statement.period);
+        }
+        // Each month opens where the one before closed.
+        if let Some(before) = statements.get(i + 1) {
+            assert_eq!(minor(&statement.opening_balance), minor(&before.closing_balance));
+        }
+    }
+    assert_eq!(with_lines, 2, "the back-dated deposit's month and the current month");
+    assert_eq!(minor(&statements[0].closing_balance), 37_000);
+    assert_eq!(minor(&statements[0].opening_balance), 40_000);
+}
