@@ -91,6 +91,7 @@ run() {
     --request-timeout 15 \
     --header "Authorization: Bearer ${token}" \
     --exclude-path-regex "$exclude" \
+    --generation-database :memory: \
     --no-color --report-dir "$state/report" "$@"
 }
 

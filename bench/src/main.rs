@@ -6,6 +6,7 @@
 //! ```text
 //! loadgen login [--clients 4] [--seconds 15]
 //! loadgen transfers [--clients 32] [--seconds 15] [--accounts 100000]
+//! loadgen gateway [--op balance|transfer] [--clients 32] [--seconds 10]
 //! ```
 //!
 //! `login`: password logins per second at `--clients` concurrent clients, against the anchor:
@@ -15,6 +16,7 @@
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used, clippy::float_arithmetic)]
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod gateway;
 mod transfers;
 
 use std::{
@@ -36,19 +38,28 @@ struct Args {
     clients: usize,
     seconds: u64,
     accounts: usize,
+    op: String,
 }
 
 fn args() -> Args {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| "login".to_owned());
-    let default_clients = if scenario == "transfers" { 32 } else { 4 };
-    let mut parsed = Args { scenario, clients: default_clients, seconds: 15, accounts: 100_000 };
+    let default_clients = if scenario == "login" { 4 } else { 32 };
+    let default_seconds = if scenario == "gateway" { 10 } else { 15 };
+    let mut parsed = Args {
+        scenario,
+        clients: default_clients,
+        seconds: default_seconds,
+        accounts: 100_000,
+        op: "balance".to_owned(),
+    };
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
         match flag.as_str() {
             "--clients" | "-c" => parsed.clients = value.parse().expect("--clients N"),
             "--seconds" => parsed.seconds = value.parse().expect("--seconds N"),
             "--accounts" => parsed.accounts = value.parse().expect("--accounts N"),
+            "--op" => parsed.op = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -187,6 +198,7 @@ async fn main() {
     match args.scenario.as_str() {
         "login" => login(&args).await,
         "transfers" => transfers::run(args.clients, args.seconds, args.accounts).await,
-        other => panic!("unknown scenario {other}; try: login, transfers"),
+        "gateway" => gateway::run(args.clients, args.seconds, &args.op).await,
+        other => panic!("unknown scenario {other}; try: login, transfers, gateway"),
     }
 }

@@ -127,6 +127,10 @@ pub struct UpstreamsConfig {
     /// The deadline of every upstream call (sent as `grpc-timeout`); past it the client gets 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Per-route deadlines overriding `request_timeout`, by RPC
+    /// (`"bank.accounts.v1.AccountsService/DownloadStatement" = "30s"`).
+    #[serde(with = "route_timeouts")]
+    pub route_timeouts: std::collections::BTreeMap<String, Duration>,
     /// Extra attempts for reads (GET) that failed with UNAVAILABLE; writes are never retried.
     pub retries: u32,
     /// The first retry's backoff; doubled each time, with full jitter.
@@ -151,6 +155,7 @@ impl Default for UpstreamsConfig {
             notifications: "http://127.0.0.1:50055".to_owned(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
+            route_timeouts: std::collections::BTreeMap::new(),
             retries: 2,
             retry_backoff: Duration::from_millis(25),
             breaker_failures: 5,
@@ -185,6 +190,20 @@ impl UpstreamsConfig {
         if self.request_timeout.is_zero() {
             return Err(config::Error::invalid("upstreams.request_timeout", "must be positive"));
         }
+        for (rpc, timeout) in &self.route_timeouts {
+            if !crate::ROUTES.iter().any(|r| r.rpc == rpc) {
+                return Err(config::Error::invalid(
+                    "upstreams.route_timeouts",
+                    format!("{rpc:?} is not an RPC with a REST route (package.Service/Method)"),
+                ));
+            }
+            if timeout.is_zero() {
+                return Err(config::Error::invalid(
+                    "upstreams.route_timeouts",
+                    format!("{rpc}: must be positive"),
+                ));
+            }
+        }
         if self.retries > 5 {
             return Err(config::Error::invalid("upstreams.retries", "must be at most 5"));
         }
@@ -206,6 +225,26 @@ impl UpstreamsConfig {
     }
 }
 
+/// `{rpc = "30s"}` as durations.
+mod route_timeouts {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use serde::{Deserialize as _, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(deserializer)?;
+        raw.into_iter()
+            .map(|(rpc, text)| {
+                humantime_serde::re::humantime::parse_duration(&text)
+                    .map(|d| (rpc, d))
+                    .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +254,17 @@ mod tests {
         let config = UpstreamsConfig::default();
         assert!(config.validate().is_ok());
         assert_eq!(config.notifications, "http://127.0.0.1:50055");
+    }
+
+    #[test]
+    fn route_timeouts_name_known_rpcs() {
+        let mut config = UpstreamsConfig::default();
+        config
+            .route_timeouts
+            .insert("bank.accounts.v1.AccountsService/DownloadStatement".to_owned(), Duration::from_secs(30));
+        assert!(config.validate().is_ok());
+        config.route_timeouts.insert("bank.nope.v1.Nope/Nope".to_owned(), Duration::from_secs(1));
+        assert!(config.validate().unwrap_err().to_string().starts_with("upstreams.route_timeouts:"));
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub(crate) struct Upstreams {
     pub(crate) cards: Channel,
     pub(crate) notifications: Channel,
     pub(crate) timeout: Duration,
+    route_timeouts: Arc<std::collections::BTreeMap<String, Duration>>,
     retries: u32,
     retry_backoff: Duration,
     breakers: Arc<[Breaker; 5]>,
@@ -203,6 +204,7 @@ impl Upstreams {
             cards: channel("cards", &config.cards)?,
             notifications: channel("notifications", &config.notifications)?,
             timeout: config.request_timeout,
+            route_timeouts: Arc::new(config.route_timeouts.clone()),
             retries: config.retries,
             retry_backoff: config.retry_backoff,
             breakers: Arc::new(
@@ -238,7 +240,9 @@ where
     let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.as_str());
     let client_ip = parts.extensions.get::<ClientIp>().map(|ip| ip.0);
     let breaker = upstreams.breaker(spec.upstream);
-    let deadline = Instant::now() + upstreams.timeout;
+    let timeout =
+        upstreams.route_timeouts.get(spec.rpc.trim_start_matches('/')).copied().unwrap_or(upstreams.timeout);
+    let deadline = Instant::now() + timeout;
     let attempts = if spec.idempotent { 1 + upstreams.retries } else { 1 };
     let mut message = Some(message);
     let mut attempt = 0;
@@ -277,7 +281,7 @@ where
             // answer. Past our deadline that is 504; before it, the upstream is unavailable.
             Ok(Err(status)) if status.code() == tonic::Code::Cancelled && Instant::now() >= deadline => {
                 breaker.failure();
-                tracing::warn!(rpc = spec.rpc, timeout = ?upstreams.timeout, "upstream deadline passed");
+                tracing::warn!(rpc = spec.rpc, timeout = ?timeout, "upstream deadline passed");
                 return Problem::new(
                     ErrorCode::DeadlineExceeded,
                     "the deadline passed before the outcome was known",
@@ -316,7 +320,7 @@ where
             }
             Err(_) => {
                 breaker.failure();
-                tracing::warn!(rpc = spec.rpc, timeout = ?upstreams.timeout, "upstream deadline passed");
+                tracing::warn!(rpc = spec.rpc, timeout = ?timeout, "upstream deadline passed");
                 return Problem::new(
                     ErrorCode::DeadlineExceeded,
                     "the deadline passed before the outcome was known",
