@@ -2,7 +2,8 @@
 //!
 //! Built so far: ledger accounts (service scope), balances (current and historical), history with
 //! filters and allowlisted sorts, internal transfers and their queries, deposits, withdrawals,
-//! holds, reversals, low-balance thresholds, period summaries and the integrity checks. Scheduled
+//! holds, reversals, low-balance thresholds, period summaries, staff reads (ledger accounts, system
+//! accounts) and the integrity checks. Scheduled
 //! and external transfers, FX quotes and interest keep the generated `UNIMPLEMENTED` until their
 //! part of the accounts-and-ledger issue lands (see the README status table).
 
@@ -1380,6 +1381,45 @@ impl LedgerAdminService for Api {
         let postings = storage::postings(&mut conn, transaction_id).await.map_err(internal)?;
         Ok(Response::new(GetTransactionResponse {
             transaction: Some(stored_transaction(&header, &postings)),
+        }))
+    }
+
+    async fn get_ledger_account(
+        &self,
+        request: Request<GetLedgerAccountRequest>,
+    ) -> Answer<GetLedgerAccountResponse> {
+        staff_only(&request, &["admin", "support", "teller"])?;
+        let account_id = uuid_field("account_id", &request.get_ref().account_id)?;
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let account =
+            storage::account(&mut conn, account_id).await.map_err(internal)?.ok_or_else(not_found)?;
+        Ok(Response::new(GetLedgerAccountResponse { account: Some(ledger_account(&account)) }))
+    }
+
+    async fn list_system_accounts(
+        &self,
+        request: Request<ListSystemAccountsRequest>,
+    ) -> Answer<ListSystemAccountsResponse> {
+        const KIND: &str = "system-accounts";
+        staff_only(&request, &["admin", "support"])?;
+        let req = request.into_inner();
+        let page_request = req.page.unwrap_or_default();
+        let page = Page::parse(page_request.page_size, &page_request.page_token, KIND, 50, 200)?;
+        let currency = if req.currency.is_empty() {
+            None
+        } else {
+            Some(Currency::parse(&req.currency).map_err(|e| invalid("currency", e.code(), &e.to_string()))?)
+        };
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let rows =
+            storage::system_accounts(&mut conn, currency.map(Currency::code), page.position, page.size)
+                .await
+                .map_err(internal)?;
+        let fetched = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let next = page.next_token(KIND, rows.len(), page.position.saturating_add(fetched));
+        Ok(Response::new(ListSystemAccountsResponse {
+            accounts: rows.iter().map(ledger_account).collect(),
+            page_info: Some(PageInfo { next_page_token: next, total_size: None }),
         }))
     }
 

@@ -87,6 +87,25 @@ pub async fn account(conn: &mut PgConnection, account_id: Uuid) -> Result<Option
     .await
 }
 
+/// System accounts (optionally of one currency) by type and currency, `offset` rows in (a small set:
+/// one per type and currency, never deleted, so offsets are stable).
+pub async fn system_accounts(
+    conn: &mut PgConnection,
+    currency: Option<&str>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<AccountRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE kind = 'system' AND ($1::text IS NULL OR currency = $1) \
+         ORDER BY system_type, currency OFFSET $2 LIMIT $3"
+    )))
+    .bind(currency)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// Creates a customer account unless the id exists; answers the stored row either way.
 pub async fn insert_customer(
     conn: &mut PgConnection,

@@ -11,9 +11,10 @@ use bank_proto::{
     common::v1::{Money, PageRequest},
     ledger::v1::{
         AdminListEntriesRequest, CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest,
-        CreateWithdrawalRequest, EntryDirection, EntrySort, GetBalancesRequest, GetTransactionRequest,
-        GetTransferRequest, ListEntriesRequest, ListTransfersRequest, ReverseTransactionRequest,
-        SetLowBalanceThresholdRequest, SummarizeAccountPeriodsRequest, TransactionKind, TransferStatus,
+        CreateWithdrawalRequest, EntryDirection, EntrySort, GetBalancesRequest, GetLedgerAccountRequest,
+        GetTransactionRequest, GetTransferRequest, ListEntriesRequest, ListSystemAccountsRequest,
+        ListTransfersRequest, ReverseTransactionRequest, SetLowBalanceThresholdRequest,
+        SummarizeAccountPeriodsRequest, SystemAccountType, TransactionKind, TransferStatus,
         VerifyLedgerInvariantsRequest, create_transfer_request::Destination,
         ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
     },
@@ -1448,4 +1449,81 @@ async fn metrics_count_transfers_postings_retries_and_invariant_checks() {
     ] {
         assert!(body.contains(expected), "{expected} missing from\n{body}");
     }
+}
+
+#[tokio::test]
+async fn staff_read_any_ledger_account_and_the_system_accounts_in_pages() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let a = w.account(&alice, "DE16ALICE", 1_000).await;
+    let mut admin = w.admin_client().await;
+    let account = admin
+        .get_ledger_account(bearer(GetLedgerAccountRequest { account_id: a.clone() }, &w.admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(account.owner_user_id, alice.user_id);
+    assert_eq!(account.balances.unwrap().posted, eur(1_000));
+    let err = admin
+        .get_ledger_account(bearer(
+            GetLedgerAccountRequest { account_id: a.clone() },
+            &alice.tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::PermissionDenied));
+    let err = admin
+        .get_ledger_account(bearer(
+            GetLedgerAccountRequest { account_id: uuid::Uuid::now_v7().to_string() },
+            &w.admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), Some(ErrorCode::NotFound));
+
+    // A withdrawal to another system account makes two EUR system accounts (cash from the deposit).
+    w.admin_client()
+        .await
+        .create_withdrawal(keyed(
+            CreateWithdrawalRequest {
+                account_id: a.clone(),
+                amount: eur(100),
+                destination: SystemAccountType::Suspense as i32,
+                ..CreateWithdrawalRequest::default()
+            },
+            &w.admin,
+            "to-suspense",
+        ))
+        .await
+        .unwrap();
+    let list = |currency: &str, page_token: String| {
+        bearer(
+            ListSystemAccountsRequest {
+                page: Some(PageRequest { page_size: 1, page_token }),
+                currency: currency.into(),
+            },
+            &w.admin,
+        )
+    };
+    let first = admin.list_system_accounts(list("EUR", String::new())).await.unwrap().into_inner();
+    let second = admin
+        .list_system_accounts(list("EUR", first.page_info.unwrap().next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<i32> = first.accounts.iter().chain(&second.accounts).map(|a| a.system_type).collect();
+    assert_eq!(types, [SystemAccountType::Cash as i32, SystemAccountType::Suspense as i32]);
+    let posted: i64 = first
+        .accounts
+        .iter()
+        .chain(&second.accounts)
+        .map(|a| a.balances.as_ref().unwrap().posted.as_ref().unwrap().minor_units)
+        .sum();
+    assert_eq!(posted, -900, "the system side of 1 000 in and 100 out");
+    let usd = admin.list_system_accounts(list("USD", String::new())).await.unwrap().into_inner();
+    assert!(usd.accounts.is_empty());
+    let err = admin.list_system_accounts(list("EURO", String::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 }
