@@ -3,9 +3,9 @@
 //! Built so far: ledger accounts (service scope), balances (current and historical), history with
 //! filters and allowlisted sorts, internal transfers and their queries, deposits, withdrawals,
 //! holds, reversals, low-balance thresholds, period summaries, staff reads (ledger accounts, system
-//! accounts) and the integrity checks. Scheduled
-//! and external transfers, FX quotes and interest keep the generated `UNIMPLEMENTED` until their
-//! part of the accounts-and-ledger issue lands (see the README status table).
+//! accounts) and the integrity checks. Scheduled and external transfers, FX quotes and interest
+//! keep the generated `UNIMPLEMENTED` until their part of the accounts-and-ledger issue lands (see
+//! the README status table).
 
 use std::{collections::BTreeMap, time::Duration};
 
