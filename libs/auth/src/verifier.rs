@@ -31,6 +31,20 @@ struct Cache {
     fetched_at: Option<Instant>,
 }
 
+/// How long a verified token's claims are reused without checking its signature again (bounded by
+/// its `exp`; only while its key is still in a fresh JWKS). Revocation is checked on every call
+/// regardless (`Revocation`), so this caches only what cannot change: the signature and claims.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Beyond this many cached tokens, expired entries are dropped (and all, if that is not enough).
+const VERIFIED_MAX: usize = 20_000;
+
+/// A token whose signature and claims were checked: reused until `until` while `kid` is published.
+struct Verified {
+    claims: Claims,
+    kid: String,
+    until: Instant,
+}
+
 /// Verifies access tokens. Cheap to share (`Arc`); one per process.
 pub struct Verifier {
     source: Arc<dyn JwksSource>,
@@ -39,6 +53,8 @@ pub struct Verifier {
     validation: Validation,
     max_age: Duration,
     min_refetch: Duration,
+    leeway: i64,
+    verified: std::sync::Mutex<HashMap<String, Verified>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -65,7 +81,46 @@ impl Verifier {
             validation,
             max_age: config.jwks_max_age,
             min_refetch: config.jwks_min_refetch,
+            leeway: i64::try_from(config.leeway.as_secs()).unwrap_or(0),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The claims of a token verified within [`VERIFIED_TTL`], if it is not past `exp` and its key
+    /// is still in a fresh key set (an emergency-revoked key drops out at the next JWKS refresh).
+    async fn recently_verified(&self, token: &str) -> Option<Claims> {
+        let (claims, kid) = {
+            let verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = verified.get(token)?;
+            if entry.until <= Instant::now() {
+                return None;
+            }
+            (entry.claims.clone(), entry.kid.clone())
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if claims.exp <= now - self.leeway {
+            return None;
+        }
+        let cache = self.cache.read().await;
+        let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.max_age);
+        (fresh && cache.keys.contains_key(&kid)).then_some(claims)
+    }
+
+    fn remember(&self, token: &str, kid: String, claims: &Claims) {
+        let now = Instant::now();
+        let left = claims.exp.saturating_sub(time::OffsetDateTime::now_utc().unix_timestamp());
+        let ttl = VERIFIED_TTL.min(Duration::from_secs(u64::try_from(left.max(0)).unwrap_or(0)));
+        if ttl.is_zero() {
+            return;
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, v| v.until > now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), Verified { claims: claims.clone(), kid, until: now + ttl });
     }
 
     /// The claims of a valid access token.
@@ -73,6 +128,9 @@ impl Verifier {
     /// # Errors
     /// See [`Error`].
     pub async fn verify(&self, token: &str) -> Result<Claims, Error> {
+        if let Some(claims) = self.recently_verified(token).await {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Error::Invalid("malformed"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(Error::Invalid("algorithm not allowed"));
@@ -85,6 +143,7 @@ impl Verifier {
         }
         let kid = header.kid.ok_or(Error::Invalid("no kid"))?;
         let key = self.key(&kid).await?;
+        let token_kid = kid.clone();
         // `ErrorKind` is non-exhaustive: anything not named is a refusal too.
         #[allow(clippy::wildcard_enum_match_arm)]
         let data =
@@ -106,6 +165,7 @@ impl Verifier {
         if !(user_token || service_token) {
             return Err(Error::Invalid("neither a user nor a service token"));
         }
+        self.remember(token, token_kid, &claims);
         Ok(claims)
     }
 
@@ -363,5 +423,40 @@ mod tests {
             ..claims()
         };
         assert!(verifier.verify(&key.sign(&header("k1"), &claims)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_reused_only_while_its_key_is_published() {
+        let key = Key::new("k1");
+        let source = Arc::new(StaticJwks(
+            std::sync::Mutex::new(vec![key.jwk()]),
+            std::sync::atomic::AtomicUsize::new(0),
+        ));
+        // A JWKS older than 1 s is refetched: the emergency removal of a key is seen within it.
+        let config = AuthConfig {
+            jwks_min_refetch: Duration::ZERO,
+            jwks_max_age: Duration::from_millis(200),
+            ..AuthConfig::default()
+        };
+        let verifier = Verifier::new(source.clone(), &config);
+        let claims = claims();
+        let token = key.sign(&header("k1"), &claims);
+        assert_eq!(verifier.verify(&token).await.unwrap(), claims);
+        assert_eq!(verifier.verify(&token).await.unwrap(), claims, "reused");
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
+
+        // The key is revoked (removed from the JWKS): once the key set is refreshed the cached
+        // verification no longer counts and the token is refused.
+        source.0.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(verifier.verify(&token).await, Err(Error::Invalid("unknown kid")));
+
+        // A tampered copy of a cached token is not a cache hit.
+        source.0.lock().unwrap().push(key.jwk());
+        let good = key.sign(&header("k1"), &claims);
+        assert!(verifier.verify(&good).await.is_ok());
+        let mut tampered = good.clone();
+        tampered.push('A');
+        assert!(verifier.verify(&tampered).await.is_err());
     }
 }
