@@ -1043,9 +1043,9 @@ impl LedgerService for Api {
                     scheduled_transfer_id: String::new(),
                     created_at: Some(timestamp(posted.posted_at)),
                 };
-                posting::publish(
-                    conn,
-                    &posted,
+                // The transfer's event is written by the last statement below (one round trip
+                // fewer); low-balance alerts it causes, if any, are written first (their ids sort after).
+                let event = bank_platform::outbox::Event::new(
                     &format!("transfers/{transfer_id}"),
                     &events::TransferPosted {
                         transfer_id: transfer_id.to_string(),
@@ -1061,8 +1061,8 @@ impl LedgerService for Api {
                         to_available_after: Some(money(currency.code(), to_row.posted - to_row.held)),
                         scheduled_transfer_id: String::new(),
                     },
-                )
-                .await?;
+                );
+                posting::publish_low_balance(conn, &posted, event.event_id).await?;
                 let response = CreateTransferResponse {
                     transfer: Some(transfer),
                     from_balances: Some(balances(&from_row)),
@@ -1080,6 +1080,7 @@ impl LedgerService for Api {
                     &user_id,
                     &key,
                     &response.encode_to_vec(),
+                    &event,
                 )
                 .await?;
                 Ok(Outcome::Fresh(response))

@@ -288,6 +288,20 @@ pub async fn publish<M: prost::Message + prost::Name>(
     payload: &M,
 ) -> Result<Uuid, sqlx::Error> {
     let cause = bank_platform::outbox::publish(conn, subject, payload).await?;
+    publish_low_balance(conn, posted, cause).await?;
+    Ok(cause)
+}
+
+/// The `LowBalanceDetected` events of a posting whose own event (`cause`) the caller writes itself
+/// (the transfer path folds it into its last statement). No statement when nothing crossed.
+///
+/// # Errors
+/// The database failed.
+pub async fn publish_low_balance(
+    conn: &mut PgConnection,
+    posted: &Posted,
+    cause: Uuid,
+) -> Result<(), sqlx::Error> {
     for account in posted.crossed_below.iter().filter_map(|id| posted.accounts.get(id)) {
         let Some(threshold) = account.low_balance_threshold else { continue };
         let number = account.account_number.clone().unwrap_or_default();
@@ -308,7 +322,7 @@ pub async fn publish<M: prost::Message + prost::Name>(
         )
         .await?;
     }
-    Ok(cause)
+    Ok(())
 }
 
 /// Whether an error is a serialization failure or deadlock that a retry resolves.

@@ -151,7 +151,7 @@ pub async fn system_account(
     .await
 }
 
-/// Records an internal transfer and stores the idempotent response in one statement.
+/// Records an internal transfer, its outbox event and the idempotent response in one statement.
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_transfer_and_response(
     conn: &mut PgConnection,
@@ -165,11 +165,15 @@ pub async fn insert_transfer_and_response(
     initiated_by: &str,
     key: &bank_platform::idempotency::Key,
     response: &[u8],
+    event: &bank_platform::outbox::Event,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH t AS ( \
            INSERT INTO transfers (transfer_id, from_account_id, to_account_id, amount, currency, description, \
              transaction_id, initiated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ), o AS ( \
+           INSERT INTO outbox (event_id, event_type, subject, traceparent, payload) \
+           VALUES ($13, $14, $15, $16, $17) \
          ) \
          UPDATE idempotency_keys SET response = $12 WHERE principal = $9 AND rpc = $10 AND key = $11",
     )
@@ -185,6 +189,11 @@ pub async fn insert_transfer_and_response(
     .bind(key.rpc)
     .bind(&key.key)
     .bind(response)
+    .bind(event.event_id)
+    .bind(&event.event_type)
+    .bind(&event.subject)
+    .bind(&event.traceparent)
+    .bind(&event.payload)
     .execute(conn)
     .await?;
     Ok(())
