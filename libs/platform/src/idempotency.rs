@@ -137,6 +137,16 @@ pub async fn begin(conn: &mut PgConnection, key: &Key, request_hash: &[u8]) -> R
     if inserted == 1 {
         return Ok(Begin::New);
     }
+    existing(conn, key, request_hash).await
+}
+
+/// What a key already claimed means for this request (the second half of [`begin`], for callers
+/// that fold the claiming `INSERT ... ON CONFLICT DO NOTHING` into a statement of their own and
+/// found it did not insert — or do not know).
+///
+/// # Errors
+/// `Reused` for the same key with another request; the database failed.
+pub async fn existing(conn: &mut PgConnection, key: &Key, request_hash: &[u8]) -> Result<Begin, Error> {
     let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
         "SELECT request_hash, response FROM idempotency_keys WHERE principal = $1 AND rpc = $2 AND key = $3",
     )
@@ -151,7 +161,8 @@ pub async fn begin(conn: &mut PgConnection, key: &Key, request_hash: &[u8]) -> R
     // A row without a response was claimed by a caller that commits the claim before finishing the
     // effect (a saga: accounts commits the claim, calls the ledger, then stores the response). For
     // such callers "no response yet" means "resume": `Begin::New`, and they find their own pending
-    // work by the key. Callers that claim and finish in one transaction never leave such a row.
+    // work by the key. Callers that claim and finish in one transaction never leave such a row
+    // (except their own, uncommitted, which they see as `New` too).
     Ok(response.map_or(Begin::New, Begin::Replay))
 }
 

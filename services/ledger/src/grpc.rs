@@ -958,17 +958,27 @@ impl LedgerService for Api {
             let description = description.clone();
             let user_id = user_id.clone();
             Box::pin(async move {
-                if let Begin::Replay(bytes) =
-                    idempotency::begin(conn, &key, &request_hash).await.map_err(idempotency_error)?
-                {
-                    return Ok(Outcome::Replay(bytes));
-                }
-                // Resolve and lock source and destination in one query (account-id order).
+                // Claim the idempotency key, and resolve and lock source and destination (in
+                // account-id order), in one statement.
                 let (to_id, to_number) = match &destination {
                     Destination::Id(id) => (Some(*id), None),
                     Destination::Number(number) => (None, Some(number.as_str())),
                 };
-                let rows = storage::lock_transfer_accounts(conn, from, to_id, to_number).await?;
+                let (claimed, rows) = storage::claim_and_lock_transfer_accounts(
+                    conn,
+                    &key,
+                    &request_hash,
+                    from,
+                    to_id,
+                    to_number,
+                )
+                .await?;
+                if claimed != Some(true)
+                    && let Begin::Replay(bytes) =
+                        idempotency::existing(conn, &key, &request_hash).await.map_err(idempotency_error)?
+                {
+                    return Ok(Outcome::Replay(bytes));
+                }
                 let not_found =
                     || posting::Error::Refused(ServiceError::new(ErrorCode::NotFound, "no such account"));
                 let to = match &destination {

@@ -57,24 +57,47 @@ pub async fn lock_accounts(
     .await
 }
 
-/// Locks the source and the destination of a transfer (given by id or by number) in one query, in
-/// account-id order.
-pub async fn lock_transfer_accounts(
+/// A locked account row, and whether the statement that locked it also claimed the idempotency key.
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimedRow {
+    fresh: bool,
+    #[sqlx(flatten)]
+    account: AccountRow,
+}
+
+/// Locks the source and the destination of a transfer (given by id or by number) in account-id
+/// order, with the idempotency claim (`INSERT ... ON CONFLICT DO NOTHING`)
+/// folded into the same statement: one round trip fewer on the hot path. Answers whether the key
+/// was claimed here — `None` when no account matched (the caller asks
+/// [`bank_platform::idempotency::existing`]) — and the locked rows.
+pub async fn claim_and_lock_transfer_accounts(
     conn: &mut PgConnection,
+    key: &bank_platform::idempotency::Key,
+    request_hash: &[u8],
     from: Uuid,
     to_id: Option<Uuid>,
     to_number: Option<&str>,
-) -> Result<Vec<AccountRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts \
+) -> Result<(Option<bool>, Vec<AccountRow>), sqlx::Error> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH k AS ( \
+           INSERT INTO idempotency_keys (principal, rpc, key, request_hash) VALUES ($4, $5, $6, $7) \
+           ON CONFLICT DO NOTHING RETURNING 1 \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM k) AS fresh, {ACCOUNT_COLUMNS} FROM ledger_accounts \
          WHERE account_id = $1 OR account_id = $2 OR (kind = 'customer' AND account_number = $3) \
          ORDER BY account_id FOR UPDATE"
     )))
     .bind(from)
     .bind(to_id)
     .bind(to_number)
+    .bind(&key.principal)
+    .bind(key.rpc)
+    .bind(&key.key)
+    .bind(request_hash)
     .fetch_all(conn)
-    .await
+    .await?;
+    let fresh = rows.first().map(|r| r.fresh);
+    Ok((fresh, rows.into_iter().map(|r| r.account).collect()))
 }
 
 /// One account, unlocked.
