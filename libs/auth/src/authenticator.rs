@@ -36,26 +36,39 @@ impl Authenticator {
     /// `UNAUTHENTICATED` (with `UNAUTHENTICATED`, `TOKEN_EXPIRED` or `TOKEN_REVOKED`), or
     /// `UNAVAILABLE` when keys or revocation state cannot be had.
     pub async fn principal_for(&self, token: &str) -> Result<Principal, tonic::Status> {
-        let claims = match self.verifier.verify(token).await {
-            Ok(claims) => claims,
-            Err(err) => {
-                let (result, status) = match &err {
-                    Error::Expired => {
-                        ("expired", ServiceError::new(ErrorCode::TokenExpired, "token expired"))
-                    }
-                    Error::Invalid(_) => {
-                        ("invalid", ServiceError::new(ErrorCode::Unauthenticated, "invalid token"))
-                    }
-                    Error::KeysUnavailable(_) => (
-                        "unavailable",
-                        ServiceError::new(ErrorCode::Unavailable, "cannot verify tokens right now"),
-                    ),
-                };
-                metrics::counter!("auth_token_verifications_total", "result" => result).increment(1);
-                tracing::info!(reason = %err, "token refused");
-                return Err(status.into());
-            }
-        };
+        let claims = self.verify(token).await?;
+        self.not_revoked(claims).await
+    }
+
+    /// The first half of [`principal_for`](Self::principal_for): signature and claims (no
+    /// revocation yet). The gateway runs the second half alongside its rate-limit decision.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` (`UNAUTHENTICATED` or `TOKEN_EXPIRED`), or `UNAVAILABLE` when no key can be had.
+    pub async fn verify(&self, token: &str) -> Result<Claims, tonic::Status> {
+        self.verifier.verify(token).await.map_err(|err| {
+            let (result, status) = match &err {
+                Error::Expired => ("expired", ServiceError::new(ErrorCode::TokenExpired, "token expired")),
+                Error::Invalid(_) => {
+                    ("invalid", ServiceError::new(ErrorCode::Unauthenticated, "invalid token"))
+                }
+                Error::KeysUnavailable(_) => (
+                    "unavailable",
+                    ServiceError::new(ErrorCode::Unavailable, "cannot verify tokens right now"),
+                ),
+            };
+            metrics::counter!("auth_token_verifications_total", "result" => result).increment(1);
+            tracing::info!(reason = %err, "token refused");
+            status.into()
+        })
+    }
+
+    /// The second half of [`principal_for`](Self::principal_for): the revocation check of verified
+    /// claims, and the principal they name.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` with `TOKEN_REVOKED`, or `UNAVAILABLE` when revocation cannot be decided.
+    pub async fn not_revoked(&self, claims: Claims) -> Result<Principal, tonic::Status> {
         match self.revocation.check(&claims).await {
             Ok(TokenStatus::Valid) => {
                 metrics::counter!("auth_token_verifications_total", "result" => "ok").increment(1);
@@ -75,6 +88,16 @@ impl Authenticator {
     }
 }
 
+/// Who verified claims name: `Subject::User` for a user token (a session and a UUID subject),
+/// else the service client.
+#[must_use]
+pub fn subject_of(claims: &Claims) -> Subject {
+    match (claims.sid, uuid::Uuid::parse_str(&claims.sub)) {
+        (Some(_), Ok(user)) => Subject::User(user),
+        _ => Subject::Service(claims.sub.clone()),
+    }
+}
+
 /// The bearer token of `authorization: Bearer <token>`.
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
@@ -83,12 +106,11 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 fn to_principal(claims: Claims) -> Principal {
-    let (subject, grants) = match (claims.sid, uuid::Uuid::parse_str(&claims.sub)) {
-        (Some(_), Ok(user)) => (Subject::User(user), claims.roles),
-        _ => (
-            Subject::Service(claims.sub),
-            claims.scope.unwrap_or_default().split_whitespace().map(str::to_owned).collect(),
-        ),
+    let (subject, grants) = match subject_of(&claims) {
+        user @ Subject::User(_) => (user, claims.roles),
+        service @ Subject::Service(_) => {
+            (service, claims.scope.unwrap_or_default().split_whitespace().map(str::to_owned).collect())
+        }
     };
     Principal {
         subject,
