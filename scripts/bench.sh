@@ -3,6 +3,8 @@
 # (started, or installed, when absent). Loopback only; every loop is bounded by time.
 #
 #   scripts/bench.sh login [--clients 4] [--seconds 15]
+#   scripts/bench.sh transfers [--clients 32] [--seconds 15] [--accounts 100000]
+#   scripts/bench.sh gateway [--op transfer|balance] [--clients 32] [--seconds 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
