@@ -100,7 +100,8 @@ trap stop_all EXIT
 
 start() {
   local svc=$1; shift
-  env BANK_ENV=local BANK_CONFIG_DIR="services/${svc}/config" "$@" \
+  # The test suite's own BANK_TEST_* variables are not settings of any service.
+  env -u BANK_TEST_DATABASE_URL -u BANK_TEST_REDIS_URL BANK_ENV=local BANK_CONFIG_DIR="services/${svc}/config" "$@" \
     "${bin}/${svc}" >"$dev/logs/${svc}.log" 2>&1 &
   pids+=("$!")
 }
