@@ -98,8 +98,9 @@ pub fn subject_of(claims: &Claims) -> Subject {
     }
 }
 
-/// The bearer token of `authorization: Bearer <token>`.
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+/// The bearer token of `authorization: Bearer <token>` (the services' and the gateway's one rule).
+#[must_use]
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())

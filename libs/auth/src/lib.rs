@@ -23,7 +23,7 @@ mod service_token;
 pub mod setup;
 mod verifier;
 
-pub use authenticator::{Authenticator, subject_of};
+pub use authenticator::{Authenticator, bearer, subject_of};
 pub use claims::{ACCESS_TOKEN_TYPE, Claims, MFA_PENDING_TOKEN_TYPE};
 pub use config::{AuthConfig, ServiceConfig};
 pub use jwks::{GrpcJwks, JwksSource, decoding_key};

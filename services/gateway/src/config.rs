@@ -6,7 +6,7 @@ use bank_auth::AuthConfig;
 use bank_platform::config::{self, RedisConfig, ServerConfig, TelemetryConfig, Validate};
 use serde::Deserialize;
 
-use crate::{client_ip::TrustedProxies, ratelimit::RateLimitConfig};
+use crate::{client_ip::TrustedProxies, ratelimit::RateLimitConfig, transcode::Upstream};
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -160,9 +160,7 @@ impl Default for UpstreamsConfig {
             retry_backoff: Duration::from_millis(25),
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(5),
-            required_for_readiness: ["identity", "accounts", "ledger", "cards", "notifications"]
-                .map(str::to_owned)
-                .to_vec(),
+            required_for_readiness: Upstream::ALL.map(|u| u.name().to_owned()).to_vec(),
         }
     }
 }
@@ -211,7 +209,7 @@ impl UpstreamsConfig {
             return Err(config::Error::invalid("upstreams.breaker_failures", "must be at least 1"));
         }
         for name in &self.required_for_readiness {
-            if !["identity", "accounts", "ledger", "cards", "notifications"].contains(&name.as_str()) {
+            if !Upstream::ALL.iter().any(|u| u.name() == name) {
                 return Err(config::Error::invalid(
                     "upstreams.required_for_readiness",
                     format!("{name:?} is not an upstream"),

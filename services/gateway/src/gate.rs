@@ -20,9 +20,9 @@ use axum::{
     middleware::Next,
     response::{IntoResponse as _, Response},
 };
-use bank_auth::{Authenticator, Subject, subject_of};
+use bank_auth::{Authenticator, Subject, bearer, subject_of};
 use bank_platform::ErrorCode;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode};
 
 use crate::{
     client_ip::ClientIp,
@@ -174,13 +174,6 @@ pub(crate) async fn layer(State(gate): State<Arc<Gate>>, request: Request, next:
 fn submitted_username(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("email")?.as_str().filter(|e| !e.trim().is_empty()).map(str::to_owned)
-}
-
-/// The token of `Authorization: Bearer <token>`.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
 /// 429 with `Retry-After` from the limiter's state.

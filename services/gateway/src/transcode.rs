@@ -281,12 +281,7 @@ where
             // answer. Past our deadline that is 504; before it, the upstream is unavailable.
             Ok(Err(status)) if status.code() == tonic::Code::Cancelled && Instant::now() >= deadline => {
                 breaker.failure();
-                tracing::warn!(rpc = spec.rpc, timeout = ?timeout, "upstream deadline passed");
-                return Problem::new(
-                    ErrorCode::DeadlineExceeded,
-                    "the deadline passed before the outcome was known",
-                )
-                .into_response();
+                return deadline_passed(spec, timeout);
             }
             Ok(Err(status)) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) => {
                 let status = if status.code() == tonic::Code::Cancelled {
@@ -320,15 +315,17 @@ where
             }
             Err(_) => {
                 breaker.failure();
-                tracing::warn!(rpc = spec.rpc, timeout = ?timeout, "upstream deadline passed");
-                return Problem::new(
-                    ErrorCode::DeadlineExceeded,
-                    "the deadline passed before the outcome was known",
-                )
-                .into_response();
+                return deadline_passed(spec, timeout);
             }
         }
     }
+}
+
+/// 504: no outcome before the deadline (logged with the RPC and its deadline).
+fn deadline_passed(spec: &RouteSpec, timeout: Duration) -> Response {
+    tracing::warn!(rpc = spec.rpc, timeout = ?timeout, "upstream deadline passed");
+    Problem::new(ErrorCode::DeadlineExceeded, "the deadline passed before the outcome was known")
+        .into_response()
 }
 
 /// Full jitter: a uniform wait in `[0, base * 2^(attempt-1)]`.
