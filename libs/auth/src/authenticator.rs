@@ -1,7 +1,7 @@
 //! The platform's authentication slot, filled: bearer token -> verified claims -> revocation check
 //! -> [`Principal`] in the request extensions.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bank_platform::{ErrorCode, ServiceError, grpc::Authenticate};
 use futures::future::BoxFuture;
@@ -15,6 +15,7 @@ pub struct Authenticator {
     verifier: Arc<Verifier>,
     revocation: Arc<Revocation>,
     public: HashSet<String>,
+    step_up_max_age: Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -27,7 +28,20 @@ impl Authenticator {
     /// `public` lists gRPC paths (`/bank.identity.v1.IdentityService/Login`) that need no token.
     #[must_use]
     pub fn new(verifier: Arc<Verifier>, revocation: Arc<Revocation>, public: &[&str]) -> Self {
-        Self { verifier, revocation, public: public.iter().map(|p| (*p).to_owned()).collect() }
+        Self {
+            verifier,
+            revocation,
+            public: public.iter().map(|p| (*p).to_owned()).collect(),
+            step_up_max_age: Duration::from_secs(300),
+        }
+    }
+
+    /// How recent a second factor must be for step-up actions (`auth.step_up_max_age`; 5 min
+    /// unless set). Decides [`Principal::recent_mfa`].
+    #[must_use]
+    pub fn with_step_up_max_age(mut self, max_age: Duration) -> Self {
+        self.step_up_max_age = max_age;
+        self
     }
 
     /// Authenticates a bearer token outside the gRPC stack (the gateway, tests).
@@ -72,7 +86,7 @@ impl Authenticator {
         match self.revocation.check(&claims).await {
             Ok(TokenStatus::Valid) => {
                 metrics::counter!("auth_token_verifications_total", "result" => "ok").increment(1);
-                Ok(to_principal(claims))
+                Ok(to_principal(claims, self.step_up_max_age))
             }
             Ok(TokenStatus::Revoked) => {
                 metrics::counter!("auth_token_verifications_total", "result" => "revoked").increment(1);
@@ -106,7 +120,13 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-fn to_principal(claims: Claims) -> Principal {
+fn to_principal(claims: Claims, step_up_max_age: Duration) -> Principal {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let max_age = i64::try_from(step_up_max_age.as_secs()).unwrap_or(i64::MAX);
+    // A second factor counts while it is recent; an auth_time in the future (clock skew) counts
+    // as now.
+    let recent_mfa = claims.acr.as_deref() == Some(crate::principal::ACR_MFA)
+        && claims.auth_time.is_some_and(|at| now.saturating_sub(at) <= max_age);
     let (subject, grants) = match subject_of(&claims) {
         user @ Subject::User(_) => (user, claims.roles),
         service @ Subject::Service(_) => {
@@ -122,6 +142,7 @@ fn to_principal(claims: Claims) -> Principal {
         token_version: claims.tv.unwrap_or_default(),
         acr: claims.acr.unwrap_or_default(),
         auth_time: claims.auth_time,
+        recent_mfa,
     }
 }
 

@@ -33,6 +33,10 @@ pub struct AuthConfig {
     pub client_id: Option<String>,
     /// This service's client secret. A secret: set it with `BANK_AUTH__CLIENT_SECRET_FILE`.
     pub client_secret: Option<SecretString>,
+    /// How long after a second-factor authentication (`auth_time` of an `acr=mfa` token) step-up
+    /// actions are allowed: every admin RPC, large transfers, password and email changes.
+    #[serde(with = "humantime_serde")]
+    pub step_up_max_age: Duration,
 }
 
 impl Default for AuthConfig {
@@ -47,6 +51,7 @@ impl Default for AuthConfig {
             redis_prefix: "bank:auth:".to_owned(),
             client_id: None,
             client_secret: None,
+            step_up_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -64,6 +69,10 @@ impl Validate for AuthConfig {
         }
         if self.leeway > Duration::from_secs(300) {
             return Err(config::Error::invalid("auth.leeway", "must be at most 5m"));
+        }
+        if self.step_up_max_age < Duration::from_secs(30) || self.step_up_max_age > Duration::from_secs(3600)
+        {
+            return Err(config::Error::invalid("auth.step_up_max_age", "must be between 30s and 1h"));
         }
         if self.client_id.is_some() != self.client_secret.is_some() {
             return Err(config::Error::invalid(

@@ -27,7 +27,10 @@ pub use authenticator::{Authenticator, bearer, subject_of};
 pub use claims::{ACCESS_TOKEN_TYPE, Claims, MFA_PENDING_TOKEN_TYPE};
 pub use config::{AuthConfig, ServiceConfig};
 pub use jwks::{GrpcJwks, JwksSource, decoding_key};
-pub use principal::{Principal, Subject, principal, require_role, require_scope};
+pub use principal::{
+    ACR_MFA, Principal, Subject, check_staff, principal, require_role, require_scope, require_staff,
+    require_step_up,
+};
 pub use revocation::{GrpcStatus, Revocation, RevocationKeys, StatusSource, TokenStatus};
 pub use service_token::ServiceTokens;
 pub use verifier::{Error, Verifier};

@@ -3,6 +3,9 @@
 use bank_platform::{ErrorCode, ServiceError};
 use uuid::Uuid;
 
+/// `acr` of a session authenticated with a second factor.
+pub const ACR_MFA: &str = "mfa";
+
 /// What a principal is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
@@ -31,6 +34,9 @@ pub struct Principal {
     pub acr: String,
     /// When the user authenticated, unix seconds (user tokens).
     pub auth_time: Option<i64>,
+    /// `acr` is `mfa` and `auth_time` is within `auth.step_up_max_age` of the call: step-up
+    /// actions are allowed. Decided by the authenticator when the call arrives.
+    pub recent_mfa: bool,
 }
 
 impl Principal {
@@ -87,6 +93,56 @@ pub fn require_scope<T>(request: &tonic::Request<T>, scope: &str) -> Result<Prin
     }
 }
 
+/// A staff user (holding one of `roles`) whose session passed a second factor recently: the rule
+/// of every admin RPC. `PERMISSION_DENIED` without such a role (also for service clients);
+/// `MFA_REQUIRED` when the session never used a second factor (enrol, then call
+/// `IdentityService.StepUp`); `STEP_UP_REQUIRED` when it did, longer ago than
+/// `auth.step_up_max_age`.
+///
+/// # Errors
+/// As above, or `UNAUTHENTICATED` without a principal.
+pub fn require_staff<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<Principal, tonic::Status> {
+    let principal = principal(request)?;
+    check_staff(principal, roles)?;
+    Ok(principal.clone())
+}
+
+/// [`require_staff`] for a principal already in hand.
+///
+/// # Errors
+/// As [`require_staff`].
+pub fn check_staff(principal: &Principal, roles: &[&str]) -> Result<(), tonic::Status> {
+    if principal.user_id().is_none() || !roles.iter().any(|role| principal.has(role)) {
+        return Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into());
+    }
+    if principal.acr != ACR_MFA {
+        return Err(ServiceError::new(
+            ErrorCode::MfaRequired,
+            "staff actions need a session authenticated with a second factor: enrol MFA, then step up",
+        )
+        .into());
+    }
+    require_step_up(principal)
+}
+
+/// A user session that passed a second factor within `auth.step_up_max_age`, else
+/// `STEP_UP_REQUIRED` (the client calls `IdentityService.StepUp` and retries). Service principals
+/// pass: step-up is about people.
+///
+/// # Errors
+/// `STEP_UP_REQUIRED` as above.
+pub fn require_step_up(principal: &Principal) -> Result<(), tonic::Status> {
+    if principal.user_id().is_none() || principal.recent_mfa {
+        Ok(())
+    } else {
+        Err(ServiceError::new(
+            ErrorCode::StepUpRequired,
+            "this action needs a recent second factor: call StepUp and retry",
+        )
+        .into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,7 +157,44 @@ mod tests {
             token_version: 1,
             acr: "pwd".to_owned(),
             auth_time: Some(0),
+            recent_mfa: false,
         }
+    }
+
+    fn with(principal: Principal) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(principal);
+        request
+    }
+
+    #[test]
+    fn staff_actions_need_the_role_then_mfa_then_a_recent_second_factor() {
+        let reason = |r: Result<Principal, tonic::Status>| bank_platform::error::reason_of(&r.unwrap_err());
+        assert_eq!(
+            reason(require_staff(&with(user(&["customer"])), &["admin"])),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(reason(require_staff(&with(user(&["admin"])), &["admin"])), Some(ErrorCode::MfaRequired));
+        let stale = Principal { acr: ACR_MFA.to_owned(), ..user(&["admin"]) };
+        assert_eq!(reason(require_staff(&with(stale.clone()), &["admin"])), Some(ErrorCode::StepUpRequired));
+        let fresh = Principal { recent_mfa: true, ..stale };
+        assert!(require_staff(&with(fresh.clone()), &["support", "admin"]).is_ok());
+        // A customer with a fresh second factor is still no staff member.
+        let customer = Principal { grants: vec!["customer".into()], ..fresh };
+        assert_eq!(reason(require_staff(&with(customer), &["admin"])), Some(ErrorCode::PermissionDenied));
+        // Service clients are never staff.
+        let service = Principal { subject: Subject::Service("svc".into()), ..user(&["admin"]) };
+        assert_eq!(reason(require_staff(&with(service), &["admin"])), Some(ErrorCode::PermissionDenied));
+    }
+
+    #[test]
+    fn step_up_needs_a_recent_second_factor_from_users_only() {
+        let stale = Principal { acr: ACR_MFA.to_owned(), ..user(&["customer"]) };
+        let status = require_step_up(&stale).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(bank_platform::error::reason_of(&status), Some(ErrorCode::StepUpRequired));
+        assert!(require_step_up(&Principal { recent_mfa: true, ..stale.clone() }).is_ok());
+        assert!(require_step_up(&Principal { subject: Subject::Service("svc".into()), ..stale }).is_ok());
     }
 
     #[test]

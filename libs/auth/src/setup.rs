@@ -45,5 +45,7 @@ pub fn remote(config: &AuthConfig, redis: &Redis, public: &[&str]) -> Result<Arc
         REVOCATION_TIMEOUT,
         fallback,
     ));
-    Ok(Arc::new(Authenticator::new(verifier, revocation, public)))
+    Ok(Arc::new(
+        Authenticator::new(verifier, revocation, public).with_step_up_max_age(config.step_up_max_age),
+    ))
 }

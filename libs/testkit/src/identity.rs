@@ -1,12 +1,16 @@
 //! A real identity service for tests, with a bootstrap admin and a service client, and helpers that
 //! go through its real RPCs (sign-up, verification, login) to hand tests real tokens.
 
-use bank_identity::Identity;
+use std::time::{Duration, Instant};
+
+use bank_identity::{Identity, domain::mfa};
 use bank_proto::{
     events::v1::{EmailVerificationRequested, PasswordResetRequested},
     identity::v1::{
-        IssueServiceTokenRequest, LoginRequest, RegisterRequest, TokenPair, VerifyEmailRequest,
-        identity_service_client::IdentityServiceClient, login_response,
+        CompleteMfaLoginRequest, ConfirmMfaEnrollmentRequest, IssueServiceTokenRequest, LoginRequest,
+        RefreshTokensRequest, RegisterRequest, StartMfaEnrollmentRequest, StepUpRequest, TokenPair,
+        VerifyEmailRequest, complete_mfa_login_request, identity_service_client::IdentityServiceClient,
+        login_response, step_up_request,
     },
 };
 use prost::Message as _;
@@ -46,7 +50,69 @@ pub struct TestIdentity {
     /// The service.
     pub app: TestApp,
     auth_prefix: String,
+    admin: tokio::sync::Mutex<AdminSession>,
 }
+
+/// An authenticator app for tests: the TOTP secret and the newest step it has shown, so that it
+/// never offers a code the service has already accepted (each code works once).
+#[derive(Clone)]
+pub struct TotpDevice {
+    secret: Vec<u8>,
+    last_step: i64,
+}
+
+impl std::fmt::Debug for TotpDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpDevice").field("last_step", &self.last_step).finish_non_exhaustive()
+    }
+}
+
+impl TotpDevice {
+    /// A device holding `secret_base32` (as shown at enrolment).
+    #[must_use]
+    pub fn new(secret_base32: &str) -> Self {
+        Self { secret: mfa::base32_decode(secret_base32).expect("base32 secret"), last_step: 0 }
+    }
+
+    /// A code the service accepts now: the current step's, or a newer one within the one step of
+    /// skew it allows; waits for the next step when both are used up.
+    pub async fn next_code(&mut self) -> String {
+        loop {
+            let now = mfa::step_of(time_now());
+            let step = (self.last_step + 1).max(now);
+            if step <= now + 1 {
+                self.last_step = step;
+                return mfa::code_for_step(mfa::Algorithm::Sha1, &self.secret, step, mfa::DIGITS);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The code of the current step, whether or not it was used (for replay tests).
+    #[must_use]
+    pub fn current_code(&self) -> String {
+        mfa::code_at(&self.secret, time_now())
+    }
+}
+
+fn time_now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
+    )
+    .unwrap_or_default()
+}
+
+/// The bootstrap admin's MFA device and live session, kept so that every test gets an admin
+/// token with a recent second factor without spending a TOTP step per call.
+#[derive(Debug, Default)]
+struct AdminSession {
+    device: Option<TotpDevice>,
+    tokens: Option<TokenPair>,
+    second_factor_at: Option<Instant>,
+}
+
+/// Step up again when the admin's second factor is older than this (the default window is 5 min).
+const ADMIN_STEP_UP_AFTER: Duration = Duration::from_secs(180);
 
 /// A base64 key-encryption key for tests.
 pub const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -74,7 +140,7 @@ impl TestIdentity {
             ),
         ]);
         let app = crate::spawn_with::<Identity>(options).await;
-        Self { app, auth_prefix }
+        Self { app, auth_prefix, admin: tokio::sync::Mutex::default() }
     }
 
     /// Identity's URL.
@@ -147,9 +213,99 @@ impl TestIdentity {
         }
     }
 
-    /// The bootstrap admin's tokens.
+    /// Tokens of the bootstrap admin with a recent second factor (`acr = mfa`), as every admin
+    /// RPC requires. The first call enrols the admin's MFA through the real RPCs (password login,
+    /// `StartMfaEnrollment`, `ConfirmMfaEnrollment`, `StepUp`); later calls refresh the same
+    /// session (so the access token is signed by the current key) and step up again when the
+    /// second factor gets old; a revoked session means a new login with password and TOTP.
     pub async fn admin(&self) -> TokenPair {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect("admin login")
+        let mut client = self.client().await;
+        let mut admin = self.admin.lock().await;
+        if let Some(tokens) = admin.tokens.clone()
+            && let Ok(answer) =
+                client.refresh_tokens(RefreshTokensRequest { refresh_token: tokens.refresh_token }).await
+        {
+            let mut pair = answer.into_inner().tokens.expect("tokens");
+            if admin.second_factor_at.is_none_or(|at| at.elapsed() > ADMIN_STEP_UP_AFTER) {
+                pair = self.step_up(&mut admin, &pair.access_token).await;
+            }
+            admin.tokens = Some(pair.clone());
+            return pair;
+        }
+        let answer = client
+            .login(LoginRequest {
+                email: ADMIN_EMAIL.to_owned(),
+                password: ADMIN_PASSWORD.to_owned(),
+                device_name: String::new(),
+            })
+            .await
+            .expect("admin login")
+            .into_inner();
+        let pair = match answer.outcome.expect("login outcome") {
+            login_response::Outcome::MfaRequired(challenge) => {
+                let device = admin.device.as_mut().expect("the admin enrolled through this helper");
+                let code = device.next_code().await;
+                let pair = client
+                    .complete_mfa_login(CompleteMfaLoginRequest {
+                        mfa_token: challenge.mfa_token,
+                        code: Some(complete_mfa_login_request::Code::TotpCode(code)),
+                        device_name: String::new(),
+                    })
+                    .await
+                    .expect("admin MFA login")
+                    .into_inner()
+                    .tokens
+                    .expect("tokens");
+                admin.second_factor_at = Some(Instant::now());
+                pair
+            }
+            login_response::Outcome::Tokens(password_only) => {
+                let (device, _) = self.enrol_mfa(&password_only.access_token).await;
+                admin.device = Some(device);
+                self.step_up(&mut admin, &password_only.access_token).await
+            }
+        };
+        admin.tokens = Some(pair.clone());
+        pair
+    }
+
+    async fn step_up(&self, admin: &mut AdminSession, access_token: &str) -> TokenPair {
+        let device = admin.device.as_mut().expect("the admin enrolled through this helper");
+        let code = device.next_code().await;
+        let pair = self
+            .client()
+            .await
+            .step_up(bearer(
+                StepUpRequest { code: Some(step_up_request::Code::TotpCode(code)) },
+                access_token,
+            ))
+            .await
+            .expect("admin step-up")
+            .into_inner()
+            .tokens
+            .expect("tokens");
+        admin.second_factor_at = Some(Instant::now());
+        pair
+    }
+
+    /// Enrols TOTP for the holder of `access_token` through the real RPCs; answers the
+    /// authenticator device and the 10 recovery codes.
+    pub async fn enrol_mfa(&self, access_token: &str) -> (TotpDevice, Vec<String>) {
+        let mut client = self.client().await;
+        let started = client
+            .start_mfa_enrollment(bearer(StartMfaEnrollmentRequest {}, access_token))
+            .await
+            .expect("start MFA enrolment")
+            .into_inner();
+        let mut device = TotpDevice::new(&started.secret_base32);
+        let code = device.next_code().await;
+        let codes = client
+            .confirm_mfa_enrollment(bearer(ConfirmMfaEnrollmentRequest { totp_code: code }, access_token))
+            .await
+            .expect("confirm MFA enrolment")
+            .into_inner()
+            .recovery_codes;
+        (device, codes)
     }
 
     /// A service token of the test client with `scopes` (empty: all).

@@ -19,7 +19,7 @@ mod redis_ns;
 mod spawn;
 
 pub use database::TestDatabase;
-pub use identity::{TestIdentity, TestUser, bearer};
+pub use identity::{TestIdentity, TestUser, TotpDevice, bearer};
 pub use proxy::TcpProxy;
 pub use redis_ns::TestRedis;
 pub use spawn::{Options, TestApp, spawn, spawn_with};

@@ -31,9 +31,15 @@ use crate::{
     transcode::RouteInfo,
 };
 
-/// The RPCs whose failures use up the failed-login allowance.
-const LOGIN_RPCS: [&str; 2] =
-    ["bank.identity.v1.IdentityService/Login", "bank.identity.v1.IdentityService/CompleteMfaLogin"];
+/// The RPCs whose failures use up the failed-login allowance: passwords and second factors
+/// (a wrong TOTP or recovery code in step-up, disable or regenerate counts like a wrong password).
+const LOGIN_RPCS: [&str; 5] = [
+    "bank.identity.v1.IdentityService/Login",
+    "bank.identity.v1.IdentityService/CompleteMfaLogin",
+    "bank.identity.v1.IdentityService/StepUp",
+    "bank.identity.v1.IdentityService/DisableMfa",
+    "bank.identity.v1.IdentityService/RegenerateRecoveryCodes",
+];
 
 /// The routes' rate limits and authentication.
 pub(crate) struct Gate {

@@ -46,6 +46,9 @@ pub struct Config {
     /// Idempotent start-up provisioning (first admin, service clients).
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
+    /// Second factors (TOTP, recovery codes) and who must use them.
+    #[serde(default)]
+    pub mfa: MfaConfig,
 }
 
 impl Validate for Config {
@@ -59,7 +62,8 @@ impl Validate for Config {
         self.keys.validate()?;
         self.password.validate().map_err(|m| config::Error::invalid("password", m))?;
         self.hashing.validate()?;
-        self.lockout.validate()
+        self.lockout.validate()?;
+        self.mfa.validate()
     }
 }
 
@@ -251,4 +255,56 @@ pub struct BootstrapConfig {
     /// Service clients, one per line: `client_id:secret:scope1,scope2` (`#` starts a comment). Each is
     /// created or updated (scopes, secret) at start. Idempotent.
     pub service_clients: Option<SecretString>,
+}
+
+/// Second factors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// The issuer authenticator apps show next to the code.
+    pub issuer: String,
+    /// Roles that must enrol: their admin RPCs are refused (`MFA_REQUIRED`) until they have, and
+    /// they cannot disable MFA.
+    pub required_roles: Vec<String>,
+    /// How long the MFA-pending token of a login lives.
+    #[serde(with = "humantime_serde")]
+    pub challenge_ttl: Duration,
+    /// Wrong codes one MFA-pending token takes before it is void (each also counts toward the
+    /// lockout).
+    pub challenge_attempts: u32,
+    /// How long an enrolment waits for its first code.
+    #[serde(with = "humantime_serde")]
+    pub enrollment_ttl: Duration,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "bankmesh".to_owned(),
+            required_roles: vec!["admin".to_owned(), "support".to_owned()],
+            challenge_ttl: Duration::from_secs(5 * 60),
+            challenge_attempts: 5,
+            enrollment_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Validate for MfaConfig {
+    fn validate(&self) -> Result<(), config::Error> {
+        if self.issuer.trim().is_empty() || self.issuer.contains(':') {
+            return Err(config::Error::invalid("mfa.issuer", "must be non-empty without ':'"));
+        }
+        if self.challenge_ttl < Duration::from_secs(30) || self.challenge_ttl > Duration::from_secs(900) {
+            return Err(config::Error::invalid("mfa.challenge_ttl", "must be between 30s and 15m"));
+        }
+        if !(1..=10).contains(&self.challenge_attempts) {
+            return Err(config::Error::invalid("mfa.challenge_attempts", "must be between 1 and 10"));
+        }
+        if self.enrollment_ttl < Duration::from_secs(60)
+            || self.enrollment_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err(config::Error::invalid("mfa.enrollment_ttl", "must be between 1m and 24h"));
+        }
+        Ok(())
+    }
 }

@@ -90,6 +90,25 @@ impl Kek {
     }
 }
 
+impl Keys {
+    /// Seals another secret of this service (a TOTP secret) under the KEK; `context` is bound as
+    /// associated data, so a sealed value cannot be moved to another row.
+    ///
+    /// # Errors
+    /// Encryption failed.
+    pub fn seal_secret(&self, plaintext: &[u8], context: &str) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        self.kek.seal(plaintext, context)
+    }
+
+    /// Opens what [`seal_secret`](Self::seal_secret) sealed with the same `context`.
+    ///
+    /// # Errors
+    /// Wrong KEK, wrong context or a tampered value.
+    pub fn open_secret(&self, nonce: &[u8], sealed: &[u8], context: &str) -> Result<Vec<u8>, Error> {
+        self.kek.open(nonce, sealed, context)
+    }
+}
+
 /// The key that signs new tokens.
 #[derive(Clone)]
 pub struct Signer {

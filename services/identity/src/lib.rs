@@ -113,7 +113,10 @@ impl Service for Identity {
             Duration::from_millis(250),
             Some(Arc::new(state::LocalStatus::new(pool.clone()))),
         ));
-        let authenticator = Arc::new(Authenticator::new(verifier, revocation, grpc::PUBLIC_RPCS));
+        let authenticator = Arc::new(
+            Authenticator::new(verifier, revocation, grpc::PUBLIC_RPCS)
+                .with_step_up_max_age(config.auth.step_up_max_age),
+        );
 
         let services = GrpcServices::new()
             .serve(IdentityServiceServer::new(grpc::public::Api::new(state.clone())))

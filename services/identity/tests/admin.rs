@@ -338,10 +338,12 @@ async fn a_customer_is_refused_every_admin_rpc_and_the_admin_may_call_them_all()
         answer.unwrap_or_else(|e| panic!("{rpc}: {e:?}"));
     }
 
-    // MFA does not exist yet: ResetUserMfa is the generated UNIMPLEMENTED for everyone. (The
-    // admin pass revoked the customer's sessions, so the customer logs in again.)
+    // ResetUserMfa: the customer (no MFA) cannot call it; for the admin there is nothing to reset.
+    // (The admin pass revoked the customer's sessions, so the customer logs in again.)
     let customer_again = identity.login(&customer.email, USER_PASSWORD).await.unwrap().access_token;
-    for token in [&admin_tokens.access_token, &customer_again] {
+    for (token, expected) in
+        [(&admin_tokens.access_token, Code::FailedPrecondition), (&customer_again, Code::PermissionDenied)]
+    {
         let err = admin
             .reset_user_mfa(bearer(
                 ResetUserMfaRequest { user_id: customer.user_id.clone(), reason: WHY.into() },
@@ -349,7 +351,7 @@ async fn a_customer_is_refused_every_admin_rpc_and_the_admin_may_call_them_all()
             ))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::Unimplemented);
+        assert_eq!(err.code(), expected);
     }
 }
 
@@ -688,6 +690,26 @@ async fn new_roles_refuse_old_tokens_and_travel_in_new_ones() {
 
     let support = identity.login(&user.email, USER_PASSWORD).await.unwrap().access_token;
     assert_eq!(jwt(&support, 1)["roles"], serde_json::json!(["customer", "support"]));
+    // Staff RPCs need a second factor: refused until the new support agent enrols and steps up.
+    let err = admin.list_users(bearer(ListUsersRequest::default(), &support)).await.unwrap_err();
+    assert_eq!(reason(&err), Some(ErrorCode::MfaRequired));
+    let (mut device, _) = identity.enrol_mfa(&support).await;
+    let code = device.next_code().await;
+    let support = identity
+        .client()
+        .await
+        .step_up(bearer(
+            bank_proto::identity::v1::StepUpRequest {
+                code: Some(bank_proto::identity::v1::step_up_request::Code::TotpCode(code)),
+            },
+            &support,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+        .access_token;
     // Support: the read-only views and unlocking, nothing else.
     admin.list_users(bearer(ListUsersRequest::default(), &support)).await.unwrap();
     admin.get_user(bearer(GetUserRequest { user_id: other.user_id.clone() }, &support)).await.unwrap();

@@ -7,7 +7,7 @@
 //! keep the generated `UNIMPLEMENTED` until their part of the accounts-and-ledger issue lands (see
 //! the README status table).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bank_auth::{Principal, Subject, principal};
 use bank_money::{Amount, Currency};
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    config::TransferConfig,
     posting::{self, Leg, Plan},
     storage::{self, AccountRow, EntryRow},
 };
@@ -38,13 +39,14 @@ type Answer<T> = Result<Response<T>, Status>;
 #[derive(Debug, Clone)]
 pub struct Api {
     pool: PgPool,
+    transfers: Arc<TransferConfig>,
 }
 
 impl Api {
-    /// The API over `pool`.
+    /// The API over `pool`, with the transfer settings.
     #[must_use]
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, transfers: TransferConfig) -> Self {
+        Self { pool, transfers: Arc::new(transfers) }
     }
 }
 
@@ -926,6 +928,11 @@ impl LedgerService for Api {
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let from = uuid_field("from_account_id", &req.from_account_id)?;
         let (currency, amount) = money_field("amount", req.amount.as_ref())?;
+        // Large transfers need a recent second factor (checked before anything is claimed, so the
+        // retry after StepUp with the same key is a fresh attempt, not a conflict).
+        if amount.minor_units() > self.transfers.step_up_above(currency.code()) {
+            bank_auth::require_step_up(&principal)?;
+        }
         let description = description_field(&req.description)?;
         if !req.fx_quote_id.is_empty() {
             return Err(ServiceError::new(
@@ -1118,11 +1125,13 @@ enum Destination {
     Number(String),
 }
 
-/// Tellers and admins, or services with `ledger:cash`.
-fn may_move_cash(principal: &Principal) -> bool {
+/// Tellers and admins (with a recent second factor, like every admin RPC), or services with
+/// `ledger:cash`.
+fn may_move_cash(principal: &Principal) -> Result<(), Status> {
     match principal.subject {
-        Subject::User(_) => principal.has("teller") || principal.has("admin"),
-        Subject::Service(_) => principal.has("ledger:cash"),
+        Subject::User(_) => bank_auth::check_staff(principal, &["teller", "admin"]),
+        Subject::Service(_) if principal.has("ledger:cash") => Ok(()),
+        Subject::Service(_) => Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into()),
     }
 }
 
@@ -1223,9 +1232,7 @@ impl Api {
         principal: &Principal,
         form: CashForm<'_>,
     ) -> Result<Outcome<Transaction>, Status> {
-        if !may_move_cash(principal) {
-            return Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into());
-        }
+        may_move_cash(principal)?;
         let key = idempotency::key_of(form.metadata, &principal_id(principal), form.rpc, true)?
             .ok_or_else(|| Status::internal("key required"))?;
         let account_id = uuid_field("account_id", form.account_id)?;
@@ -1340,7 +1347,7 @@ impl LedgerAdminService for Api {
         request: Request<ReverseTransactionRequest>,
     ) -> Answer<ReverseTransactionResponse> {
         const RPC: &str = "/bank.ledger.v1.LedgerAdminService/ReverseTransaction";
-        let admin = bank_auth::require_role(&request, "admin")?;
+        let admin = bank_auth::require_staff(&request, &["admin"])?;
         let admin_id = principal_id(&admin);
         let key = idempotency::key_of(request.metadata(), &admin_id, RPC, true)?
             .ok_or_else(|| Status::internal("key required"))?;
@@ -1456,7 +1463,7 @@ impl LedgerAdminService for Api {
         &self,
         request: Request<VerifyAccountChainRequest>,
     ) -> Answer<VerifyAccountChainResponse> {
-        bank_auth::require_role(&request, "admin")?;
+        bank_auth::require_staff(&request, &["admin"])?;
         let account_id = uuid_field("account_id", &request.get_ref().account_id)?;
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let account =
@@ -1469,7 +1476,7 @@ impl LedgerAdminService for Api {
         &self,
         request: Request<VerifyLedgerInvariantsRequest>,
     ) -> Answer<VerifyLedgerInvariantsResponse> {
-        bank_auth::require_role(&request, "admin")?;
+        bank_auth::require_staff(&request, &["admin"])?;
         let report = verify_invariants(&self.pool).await.map_err(internal)?;
         metrics::counter!("ledger_invariant_checks_total", "result" => if report.healthy { "healthy" } else { "breach" })
             .increment(1);
@@ -1769,14 +1776,9 @@ fn user_of<T>(request: &Request<T>) -> Result<Uuid, Status> {
         .ok_or_else(|| ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into())
 }
 
-/// A user holding one of `roles`.
+/// A user holding one of `roles`, with a recent second factor (every admin RPC's rule).
 fn staff_only<T>(request: &Request<T>, roles: &[&str]) -> Result<Principal, Status> {
-    let principal = principal(request)?;
-    if principal.user_id().is_some() && roles.iter().any(|r| principal.has(r)) {
-        Ok(principal.clone())
-    } else {
-        Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into())
-    }
+    bank_auth::require_staff(request, roles)
 }
 
 /// A transfer as `viewer` sees it: the credited account's id only for its owner.

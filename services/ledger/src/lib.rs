@@ -9,13 +9,13 @@
 //! balances and chains updated in one transaction), `storage` (the only SQL), `grpc` (the tonic
 //! implementations). Money rules come from `bank-money`; idempotency from `bank-platform`.
 
+pub mod config;
 pub mod grpc;
 pub mod posting;
 pub mod storage;
 
 use std::time::Duration;
 
-use bank_auth::ServiceConfig;
 use bank_platform::{
     App, AppBuilder, BoxError, Service, config::TelemetryConfig, db, grpc::GrpcServices, redis,
 };
@@ -33,17 +33,19 @@ pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy)]
 pub struct Ledger;
 
+pub use config::Config;
+
 impl Service for Ledger {
     const NAME: &'static str = "ledger";
-    type Config = ServiceConfig;
+    type Config = Config;
 
-    fn telemetry(config: &ServiceConfig) -> &TelemetryConfig {
+    fn telemetry(config: &Config) -> &TelemetryConfig {
         &config.telemetry
     }
 
-    async fn build(config: ServiceConfig) -> Result<App, BoxError> {
+    async fn build(config: Config) -> Result<App, BoxError> {
         let pool = db::connect(&config.database, &MIGRATOR).await?;
-        let api = grpc::Api::new(pool.clone());
+        let api = grpc::Api::new(pool.clone(), config.transfers.clone());
         let services = GrpcServices::new()
             .serve(LedgerServiceServer::new(api.clone()))
             .serve(LedgerAdminServiceServer::new(api))

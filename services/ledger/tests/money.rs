@@ -264,7 +264,7 @@ async fn nobody_reads_or_debits_someone_elses_account_and_bad_input_is_refused()
     assert_eq!(reason_of(&err), Some(ErrorCode::IdempotencyKeyRequired));
     let err = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 1_000_000),
+            transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 100_000),
             token,
             "x7",
         ))
@@ -1429,7 +1429,7 @@ async fn metrics_count_transfers_postings_retries_and_invariant_checks() {
         .client()
         .await
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE15BOB".into()), 1_000_000),
+            transfer(&a, Destination::ToAccountNumber("DE15BOB".into()), 100_000),
             &alice.tokens.access_token,
             "too-much",
         ))
@@ -1526,4 +1526,79 @@ async fn staff_read_any_ledger_account_and_the_system_accounts_in_pages() {
     assert!(usd.accounts.is_empty());
     let err = admin.list_system_accounts(list("EURO", String::new())).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_large_transfer_needs_a_recent_second_factor_and_goes_through_after_step_up() {
+    use bank_proto::identity::v1::{StepUpRequest, step_up_request};
+    let w = world().await;
+    let alice = w.identity.user("alice-large@example.com").await;
+    let bob = w.identity.user("bob-large@example.com").await;
+    let from = w.account(&alice, "DE00LARGE1", 500_000).await;
+    w.account(&bob, "DE00LARGE2", 0).await;
+    let transfer = |minor: i64| CreateTransferRequest {
+        from_account_id: from.clone(),
+        destination: Some(Destination::ToAccountNumber("DE00LARGE2".into())),
+        amount: eur(minor),
+        ..CreateTransferRequest::default()
+    };
+    let password_only = alice.tokens.access_token.clone();
+    // Up to the threshold (1,000.00 by default) a password session suffices.
+    w.client().await.create_transfer(keyed(transfer(100_000), &password_only, "small")).await.unwrap();
+    // Above it: STEP_UP_REQUIRED (REST 401), and nothing moved.
+    let refused = w
+        .client()
+        .await
+        .create_transfer(keyed(transfer(100_001), &password_only, "large"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&refused), Some(ErrorCode::StepUpRequired));
+    assert_eq!(w.available(&alice, &from).await, 400_000);
+    // Enrol, step up, and the same request with the same key is accepted.
+    let (mut device, _) = w.identity.enrol_mfa(&password_only).await;
+    let code = device.next_code().await;
+    let stepped = w
+        .identity
+        .client()
+        .await
+        .step_up(bearer(StepUpRequest { code: Some(step_up_request::Code::TotpCode(code)) }, &password_only))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    w.client().await.create_transfer(keyed(transfer(100_001), &stepped.access_token, "large")).await.unwrap();
+    assert_eq!(w.available(&alice, &from).await, 400_000 - 100_001);
+    w.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn staff_rpcs_refuse_an_admin_session_without_a_second_factor() {
+    let identity = TestIdentity::spawn().await;
+    // Before any enrolment the bootstrap admin can log in with the password alone.
+    let password_only = identity
+        .login(bank_testkit::identity::ADMIN_EMAIL, bank_testkit::identity::ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+    let ledger = bank_testkit::spawn_with::<Ledger>(identity.trust(Options::default())).await;
+    let mut admin = LedgerAdminServiceClient::new(ledger.channel().await);
+    let status = admin
+        .verify_ledger_invariants(bearer(VerifyLedgerInvariantsRequest {}, &password_only))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&status), Some(ErrorCode::MfaRequired));
+    let deposit = CreateDepositRequest {
+        account_id: uuid::Uuid::now_v7().to_string(),
+        amount: eur(100),
+        ..CreateDepositRequest::default()
+    };
+    let status =
+        admin.create_deposit(keyed(deposit, &password_only, "deposit-without-mfa")).await.unwrap_err();
+    assert_eq!(reason_of(&status), Some(ErrorCode::MfaRequired));
+    // With a second factor the same admin may.
+    let stepped = identity.admin().await.access_token;
+    admin.verify_ledger_invariants(bearer(VerifyLedgerInvariantsRequest {}, &stepped)).await.unwrap();
 }

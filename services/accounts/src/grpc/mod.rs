@@ -132,13 +132,13 @@ fn user<T>(request: &Request<T>) -> Result<Uuid, Status> {
         .ok_or_else(|| ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into())
 }
 
-/// The calling user holding one of `roles`.
+/// The calling user holding one of `roles`, with a recent second factor (every admin RPC's rule).
 fn staff<T>(request: &Request<T>, roles: &[&str]) -> Result<(Uuid, Principal), Status> {
-    let principal = principal(request)?;
-    match principal.user_id() {
-        Some(user) if roles.iter().any(|role| principal.has(role)) => Ok((user, principal.clone())),
-        _ => Err(ServiceError::new(ErrorCode::PermissionDenied, "not allowed").into()),
-    }
+    let principal = bank_auth::require_staff(request, roles)?;
+    let user = principal
+        .user_id()
+        .ok_or_else(|| Status::from(ServiceError::new(ErrorCode::PermissionDenied, "not allowed")))?;
+    Ok((user, principal))
 }
 
 /// The required idempotency key of a call, scoped to the user and the RPC.

@@ -1,2 +1,3 @@
 pub mod email;
+pub mod mfa;
 pub mod password;

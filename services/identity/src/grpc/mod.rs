@@ -1,6 +1,7 @@
 //! The tonic implementations of identity's contracts, and the proto <-> row conversions.
 
 pub mod admin;
+mod mfa;
 pub mod public;
 
 use bank_platform::{ErrorCode, FieldViolation, ServiceError};
@@ -109,7 +110,7 @@ pub(crate) fn user(row: &UserRow, admin: bool) -> User {
         time_zone: row.time_zone.clone(),
         roles: row.roles.iter().map(|r| role_of(r) as i32).collect(),
         status: status as i32,
-        mfa_enabled: false,
+        mfa_enabled: row.mfa_enabled,
         locked_until: if admin { row.locked_until.filter(|u| *u > now).map(timestamp) } else { None },
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),

@@ -35,7 +35,7 @@ use crate::{
 /// The public (user-facing) identity API.
 #[derive(Debug, Clone)]
 pub struct Api {
-    state: State,
+    pub(super) state: State,
 }
 
 impl Api {
@@ -46,9 +46,9 @@ impl Api {
     }
 }
 
-type Answer<T> = Result<Response<T>, Status>;
+pub(super) type Answer<T> = Result<Response<T>, Status>;
 
-fn busy(err: hashing::Error) -> Status {
+pub(super) fn busy(err: hashing::Error) -> Status {
     match err {
         hashing::Error::Busy => {
             metrics::counter!("identity_hashing_rejected_total").increment(1);
@@ -58,7 +58,7 @@ fn busy(err: hashing::Error) -> Status {
     }
 }
 
-fn the_user(principal: &Principal) -> Result<(Uuid, Uuid), Status> {
+pub(super) fn the_user(principal: &Principal) -> Result<(Uuid, Uuid), Status> {
     match (principal.user_id(), principal.session_id) {
         (Some(user), Some(session)) => Ok((user, session)),
         _ => Err(ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into()),
@@ -69,7 +69,7 @@ fn parse_email(field: &str, value: &str) -> Result<Email, Status> {
     Email::parse(value).map_err(|e| invalid(field, e.code(), &e.to_string()))
 }
 
-fn required_password(field: &str, value: String) -> Result<Password, Status> {
+pub(super) fn required_password(field: &str, value: String) -> Result<Password, Status> {
     if value.is_empty() {
         return Err(invalid(field, "REQUIRED", "is required"));
     }
@@ -115,7 +115,7 @@ impl Api {
 
     /// Creates a session with its first refresh token and answers the token pair. Runs inside the
     /// caller's transaction; the caller commits and then publishes the token version.
-    async fn open_session(
+    pub(super) async fn open_session(
         &self,
         conn: &mut sqlx::PgConnection,
         user: &UserRow,
@@ -143,7 +143,7 @@ impl Api {
     }
 
     /// A new refresh token for `session` plus an access token.
-    async fn pair(
+    pub(super) async fn pair(
         &self,
         conn: &mut sqlx::PgConnection,
         user: &UserRow,
@@ -438,18 +438,18 @@ impl IdentityService for Api {
 
         if user.is_locked(now) {
             self.state.hasher.verify(&password, None).await.map_err(busy)?;
-            self.record_login_failure(&user, &ctx, "locked", false).await?;
+            self.record_login_failure(&user, &ctx, "locked", false, false).await?;
             metrics::counter!("identity_logins_total", "result" => "locked").increment(1);
             return Err(invalid_credentials());
         }
         let verified = self.state.hasher.verify(&password, Some(&user.password_hash)).await.map_err(busy)?;
         let Verified::Yes { needs_rehash } = verified else {
-            self.record_login_failure(&user, &ctx, "wrong password", true).await?;
+            self.record_login_failure(&user, &ctx, "wrong password", true, false).await?;
             metrics::counter!("identity_logins_total", "result" => "failure").increment(1);
             return Err(invalid_credentials());
         };
         if user.status == "disabled" {
-            self.record_login_failure(&user, &ctx, "user disabled", false).await?;
+            self.record_login_failure(&user, &ctx, "user disabled", false, false).await?;
             metrics::counter!("identity_logins_total", "result" => "disabled").increment(1);
             return Err(invalid_credentials());
         }
@@ -461,6 +461,9 @@ impl IdentityService for Api {
         }
         let rehashed =
             if needs_rehash { Some(self.state.hasher.hash(&password).await.map_err(busy)?) } else { None };
+        if self.has_mfa(user.user_id).await? {
+            return self.mfa_challenge(&user, &ctx, &device_name, rehashed.as_deref()).await;
+        }
 
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
         let Some(user) =
@@ -494,6 +497,62 @@ impl IdentityService for Api {
         tx.commit().await.map_err(internal)?;
         metrics::counter!("identity_logins_total", "result" => "success").increment(1);
         Ok(Response::new(LoginResponse { outcome: Some(login_response::Outcome::Tokens(tokens)) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn complete_mfa_login(
+        &self,
+        request: Request<CompleteMfaLoginRequest>,
+    ) -> Answer<CompleteMfaLoginResponse> {
+        let ctx = CallContext::of(&request);
+        self.do_complete_mfa_login(ctx, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn step_up(&self, request: Request<StepUpRequest>) -> Answer<StepUpResponse> {
+        let ctx = CallContext::of(&request);
+        let caller = principal(&request)?.clone();
+        self.do_step_up(ctx, &caller, request.into_inner()).await
+    }
+
+    async fn get_mfa_status(&self, request: Request<GetMfaStatusRequest>) -> Answer<GetMfaStatusResponse> {
+        self.do_get_mfa_status(principal(&request)?).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn start_mfa_enrollment(
+        &self,
+        request: Request<StartMfaEnrollmentRequest>,
+    ) -> Answer<StartMfaEnrollmentResponse> {
+        let ctx = CallContext::of(&request);
+        self.do_start_mfa_enrollment(ctx, principal(&request)?).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn confirm_mfa_enrollment(
+        &self,
+        request: Request<ConfirmMfaEnrollmentRequest>,
+    ) -> Answer<ConfirmMfaEnrollmentResponse> {
+        let ctx = CallContext::of(&request);
+        let caller = principal(&request)?.clone();
+        self.do_confirm_mfa_enrollment(ctx, &caller, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn disable_mfa(&self, request: Request<DisableMfaRequest>) -> Answer<DisableMfaResponse> {
+        let ctx = CallContext::of(&request);
+        let caller = principal(&request)?.clone();
+        self.do_disable_mfa(ctx, &caller, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<RegenerateRecoveryCodesRequest>,
+    ) -> Answer<RegenerateRecoveryCodesResponse> {
+        let ctx = CallContext::of(&request);
+        let caller = principal(&request)?.clone();
+        self.do_regenerate_recovery_codes(ctx, &caller, request.into_inner()).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -880,7 +939,9 @@ impl IdentityService for Api {
         request: Request<ChangePasswordRequest>,
     ) -> Answer<ChangePasswordResponse> {
         let ctx = CallContext::of(&request);
-        let (user_id, session_id) = the_user(principal(&request)?)?;
+        let caller = principal(&request)?.clone();
+        let (user_id, session_id) = the_user(&caller)?;
+        self.step_up_if_enrolled(&caller, user_id).await?;
         let req = request.into_inner();
         let current = required_password("current_password", req.current_password)?;
         let new = required_password("new_password", req.new_password)?;
@@ -898,7 +959,7 @@ impl IdentityService for Api {
             self.state.hasher.verify(&current, Some(&row.password_hash)).await.map_err(busy)?,
             Verified::Yes { .. }
         ) {
-            self.record_login_failure(&row, &ctx, "wrong current password", true).await?;
+            self.record_login_failure(&row, &ctx, "wrong current password", true, false).await?;
             return Err(invalid_credentials());
         }
         self.check_new_password(
@@ -957,7 +1018,9 @@ impl IdentityService for Api {
         request: Request<RequestEmailChangeRequest>,
     ) -> Answer<RequestEmailChangeResponse> {
         let ctx = CallContext::of(&request);
-        let (user_id, _) = the_user(principal(&request)?)?;
+        let caller = principal(&request)?.clone();
+        let (user_id, _) = the_user(&caller)?;
+        self.step_up_if_enrolled(&caller, user_id).await?;
         let req = request.into_inner();
         let new_email = parse_email("new_email", &req.new_email)?;
         let password = required_password("current_password", req.current_password)?;
@@ -973,7 +1036,7 @@ impl IdentityService for Api {
                 Verified::Yes { .. }
             )
         {
-            self.record_login_failure(&row, &ctx, "wrong current password", true).await?;
+            self.record_login_failure(&row, &ctx, "wrong current password", true, false).await?;
             return Err(invalid_credentials());
         }
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
@@ -1061,12 +1124,13 @@ impl IdentityService for Api {
 
 impl Api {
     /// Counts a failed password (durably; may lock the user), audits it and emits the events.
-    async fn record_login_failure(
+    pub(super) async fn record_login_failure(
         &self,
         user: &UserRow,
         ctx: &CallContext,
         reason: &str,
         counts: bool,
+        mfa_step: bool,
     ) -> Result<(), Status> {
         let lockout = &self.state.config.lockout;
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
@@ -1102,7 +1166,7 @@ impl Api {
                 },
                 ip_address: ctx.ip_address.clone(),
                 user_agent: ctx.user_agent.clone(),
-                mfa_step: false,
+                mfa_step,
             },
         )
         .await

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod clients;
 pub mod email_tokens;
 pub mod keys;
+pub mod mfa;
 pub mod outbox;
 pub mod sessions;
 pub mod users;

@@ -41,6 +41,8 @@ pub struct UserRow {
     pub created_at: OffsetDateTime,
     /// Last profile change.
     pub updated_at: OffsetDateTime,
+    /// Whether a second factor is enabled.
+    pub mfa_enabled: bool,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -62,7 +64,9 @@ impl UserRow {
 
 const COLUMNS: &str = "user_id, email, email_verified_at, given_name, family_name, locale, time_zone, roles, status, \
                        password_hash, token_version, failed_logins, locked_until, lockout_count, last_login_at, \
-                       created_at, updated_at";
+                       created_at, updated_at, \
+                       EXISTS (SELECT 1 FROM mfa_totp m WHERE m.user_id = users.user_id AND m.enabled_at IS NOT NULL) \
+                         AS mfa_enabled";
 
 /// What a new user starts with.
 #[derive(Debug)]
@@ -175,6 +179,20 @@ pub async fn record_success(
     .bind(rehashed)
     .fetch_optional(conn)
     .await
+}
+
+/// Stores a rehash of the current password (stronger parameters); nothing else changes.
+pub async fn set_password_hash(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    password_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(password_hash)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Sets a new password: history, token version bump (every older token dies), lock cleared.
