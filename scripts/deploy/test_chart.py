@@ -252,3 +252,43 @@ def test_alerts_use_metrics_the_code_exports():
                        {"grpc", "gateway", "auth", "identity", "ledger", "accounts"}}
             assert metrics, alert["alert"]
             assert metrics <= exported, f"{alert['alert']}: {metrics - exported} not exported by the code"
+
+
+def test_monitoring_resources_are_well_formed():
+    """ServiceMonitor and PrometheusRule are CRDs (no schema in kubernetes-validate): check them here."""
+    from conftest import CASES
+
+    docs = CASES["production"]
+    (monitor,) = kinds(docs, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = kinds(docs, "Service")
+    assert all(s["metadata"]["labels"] | selector == s["metadata"]["labels"] for s in services)
+    assert monitor["spec"]["endpoints"] == [monitor["spec"]["endpoints"][0]]
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics"
+    assert all("admin" in {p["name"] for p in s["spec"]["ports"]} for s in services)
+    (rule,) = kinds(docs, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len({a["alert"] for a in alerts}) == len(alerts) >= 10
+    for a in alerts:
+        assert a["labels"]["severity"] in {"warning", "critical"} and a["annotations"]["summary"]
+
+
+def test_schema_refuses_unsafe_values():
+    import helm_python as helm
+    import pytest
+    import render
+
+    bad = [
+        {"containerSecurityContext": {"allowPrivilegeEscalation": True, "readOnlyRootFilesystem": True}},
+        {"containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False}},
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        {"environment": "local"},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"services": {"ledger": {"enabled": True, "resources": {}, "password": "x"}}},
+        {"shutdown": {"preStopSleepSeconds": 0, "delaySeconds": 5, "graceSeconds": 20, "marginSeconds": 10}},
+    ]
+    with helm.Chart.load(str(render.CHART)) as chart:
+        for values in bad:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(values)
