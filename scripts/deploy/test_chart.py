@@ -292,3 +292,17 @@ def test_schema_refuses_unsafe_values():
         for values in bad:
             with pytest.raises(helm.HelmValuesError):
                 chart.validate_schema(values)
+
+
+def test_disabled_components_leave_no_trace():
+    """Disabling components removes their objects, the gateway's readiness stops waiting for them and
+    no NetworkPolicy names them."""
+    import render
+
+    values = {"services": {"cards": {"enabled": False}, "notifications": {"enabled": False}}}
+    docs = render.documents(render.render(values))
+    assert {component(d) for d in docs if "component" in str(d["metadata"].get("labels", {}))} == {
+        "identity", "accounts", "ledger", "gateway"}
+    assert toml_of(docs, "gateway")["upstreams"]["required_for_readiness"] == ["identity", "accounts", "ledger"]
+    for np in kinds(docs, "NetworkPolicy"):
+        assert "cards" not in str(np["spec"]) and "notifications" not in str(np["spec"])
