@@ -42,13 +42,17 @@ check() {
 
 # --- tools -----------------------------------------------------------------------------------------
 command -v python3 >/dev/null 2>&1 || apt_install python3
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_install python3-venv; fi
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$requirements" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing the deploy check tools into $venv (PyPI: $requirements)"
   rm -rf "$venv"
-  python3 -m venv "$venv" || die "python3 -m venv failed"
+  # Debian's python3 has no ensurepip until python3-venv is installed.
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+  fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" || die "pip install failed"
   echo "$want" > "$stamp"
 fi
