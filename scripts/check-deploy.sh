@@ -12,7 +12,8 @@
 #                       Dockerfile, docker-compose.yml and the chart cross-checked with the code
 #
 # Tools come from PyPI into .venv-deploy (git-ignored), reinstalled only when
-# scripts/deploy/requirements.txt changes. Ends with "deploy checks: N passed, M failed".
+# scripts/deploy/requirements.txt changes. Ends with "deploy: N passed, M failed" (one word before the
+# counts, the form CI reads as a closing line).
 #
 #   scripts/check-deploy.sh              # scripts/test.sh runs it; SKIP_DEPLOY_CHECKS=1 skips it there
 set -uo pipefail
@@ -138,8 +139,8 @@ skipped=$((skipped + skips))
 echo
 for f in "${failures[@]}"; do echo "failed: $f"; done
 if [ "$skipped" -gt 0 ]; then
-  echo "deploy checks: ${passed} passed, ${failed} failed, ${skipped} skipped"
+  echo "deploy: ${passed} passed, ${failed} failed, ${skipped} skipped"
 else
-  echo "deploy checks: ${passed} passed, ${failed} failed"
+  echo "deploy: ${passed} passed, ${failed} failed"
 fi
 [ "$failed" -eq 0 ]
