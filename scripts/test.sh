@@ -7,6 +7,7 @@
 #
 # Then schemathesis (PyPI) runs against the live REST gateway of a private mesh
 # (scripts/schemathesis.sh); SKIP_SCHEMATHESIS=1 leaves it out (e.g. while iterating on one crate).
+# Before it, scripts/check-deploy.sh checks the deployment files statically (SKIP_DEPLOY_CHECKS=1 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -32,6 +33,9 @@ else
   log "cargo-nextest not installed; using cargo test"
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# Deployment files (Dockerfile, compose, Helm chart, k8s/): static checks, a minute cold, seconds warm.
+if [ "${SKIP_DEPLOY_CHECKS:-0}" != 1 ]; then scripts/check-deploy.sh; fi
 
 if [ "${SKIP_SCHEMATHESIS:-0}" != 1 ]; then
   scripts/schemathesis.sh
