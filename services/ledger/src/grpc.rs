@@ -1042,8 +1042,9 @@ impl LedgerService for Api {
                     reverses: None,
                     correction: false,
                 };
-                let posted = posting::post(conn, &mut accounts, &plan).await?;
-                let transfer_row = (transfer_id, from, to, amount.minor_units(), posted.transaction_id);
+                // Checked and computed here; written below in one statement with the transfer.
+                let prepared = posting::prepare(&mut accounts, &plan)?;
+                let posted = &prepared.posted;
                 let from_row = posted.accounts.get(&from).cloned().ok_or(sqlx::Error::RowNotFound)?;
                 let to_row = posted.accounts.get(&to).cloned().ok_or(sqlx::Error::RowNotFound)?;
                 let transfer = Transfer {
@@ -1060,8 +1061,8 @@ impl LedgerService for Api {
                     scheduled_transfer_id: String::new(),
                     created_at: Some(timestamp(posted.posted_at)),
                 };
-                // The transfer's event is written by the last statement below (one round trip
-                // fewer); low-balance alerts it causes, if any, are written first (their ids sort after).
+                // The transfer's event is written by the last statement below with everything else
+                // (one round trip); low-balance alerts it causes, if any, are written first.
                 let event = bank_platform::outbox::Event::new(
                     &format!("transfers/{transfer_id}"),
                     &events::TransferPosted {
@@ -1079,25 +1080,24 @@ impl LedgerService for Api {
                         scheduled_transfer_id: String::new(),
                     },
                 );
-                posting::publish_low_balance(conn, &posted, event.event_id).await?;
+                posting::publish_low_balance(conn, posted, event.event_id).await?;
                 let response = CreateTransferResponse {
                     transfer: Some(transfer),
                     from_balances: Some(balances(&from_row)),
                 };
-                let (transfer_id, from, to, minor, transaction_id) = transfer_row;
-                storage::insert_transfer_and_response(
+                storage::write_transfer(
                     conn,
-                    transfer_id,
-                    from,
-                    to,
-                    minor,
-                    currency.code(),
-                    &description,
-                    transaction_id,
-                    &user_id,
-                    &key,
-                    &response.encode_to_vec(),
-                    &event,
+                    &prepared.transaction,
+                    &prepared.rows,
+                    &storage::TransferWrite {
+                        transfer_id,
+                        from,
+                        to,
+                        amount: amount.minor_units(),
+                        key: &key,
+                        response: &response.encode_to_vec(),
+                        event: &event,
+                    },
                 )
                 .await?;
                 Ok(Outcome::Fresh(response))

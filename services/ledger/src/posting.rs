@@ -154,6 +154,34 @@ pub async fn post(
     accounts: &mut BTreeMap<Uuid, AccountRow>,
     plan: &Plan<'_>,
 ) -> Result<Posted, Error> {
+    let prepared = prepare(accounts, plan)?;
+    // One round trip: the transaction, its entries and the accounts' balances and chain heads.
+    storage::write_posting(conn, &prepared.transaction, &prepared.rows).await?;
+    Ok(prepared.posted)
+}
+
+/// A posting checked and computed but not written yet: the caller writes `transaction` and `rows`
+/// in its transaction (with [`storage::write_posting`], or folded into a statement of its own, as
+/// the transfer path does to save a round trip).
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// The outcome, as it will be once written.
+    pub posted: Posted,
+    /// The transaction row.
+    pub transaction: storage::NewTransaction<'a>,
+    /// The entries and the accounts' new states.
+    pub rows: storage::PostingRows,
+}
+
+/// [`post`] without the write: checks every rule on the locked `accounts`, computes the entries,
+/// balances and chain links, and updates `accounts` in memory.
+///
+/// # Errors
+/// A rule refused the posting.
+pub fn prepare<'a>(
+    accounts: &mut BTreeMap<Uuid, AccountRow>,
+    plan: &Plan<'a>,
+) -> Result<Prepared<'a>, Error> {
     if plan.legs.len() < 2 {
         return Err(Error::refused(ErrorCode::Internal, "a transaction needs two legs"));
     }
@@ -237,23 +265,17 @@ pub async fn post(
             rows.account(account.account_id, account.posted, account.entry_count, &account.last_hash);
         }
     }
-    // One round trip: the transaction, its entries and the accounts' balances and chain heads.
-    storage::write_posting(
-        conn,
-        &storage::NewTransaction {
-            transaction_id,
-            kind: plan.kind,
-            description: plan.description,
-            posted_at,
-            initiated_by: plan.initiated_by,
-            reference_id: plan.reference_id,
-            reason: plan.reason,
-            currency: plan.currency,
-            reverses: plan.reverses,
-        },
-        &rows,
-    )
-    .await?;
+    let transaction = storage::NewTransaction {
+        transaction_id,
+        kind: plan.kind,
+        description: plan.description,
+        posted_at,
+        initiated_by: plan.initiated_by,
+        reference_id: plan.reference_id,
+        reason: plan.reason,
+        currency: plan.currency,
+        reverses: plan.reverses,
+    };
     let crossed_below = accounts
         .values()
         .filter(|account| {
@@ -264,7 +286,11 @@ pub async fn post(
         })
         .map(|account| account.account_id)
         .collect();
-    Ok(Posted { transaction_id, posted_at, entries, accounts: accounts.clone(), crossed_below })
+    Ok(Prepared {
+        posted: Posted { transaction_id, posted_at, entries, accounts: accounts.clone(), crossed_below },
+        transaction,
+        rows,
+    })
 }
 
 /// Whether a change of the available balance from `before` to `after` crosses below `threshold`

@@ -174,49 +174,94 @@ pub async fn system_account(
     .await
 }
 
-/// Records an internal transfer, its outbox event and the idempotent response in one statement.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_transfer_and_response(
+/// An internal transfer's own rows, written with its posting by [`write_transfer`].
+#[derive(Debug)]
+pub struct TransferWrite<'a> {
+    /// The transfer.
+    pub transfer_id: Uuid,
+    /// Debited account.
+    pub from: Uuid,
+    /// Credited account.
+    pub to: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    /// The idempotency key the transfer claimed.
+    pub key: &'a bank_platform::idempotency::Key,
+    /// The encoded response stored under the key.
+    pub response: &'a [u8],
+    /// The `TransferPosted` event.
+    pub event: &'a bank_platform::outbox::Event,
+}
+
+/// Writes a transfer whole in one statement (one round trip): the posting (transaction, entries,
+/// the accounts' balances and chain heads, as [`write_posting`]), the transfer row, its outbox
+/// event and the idempotent response under the key it claimed.
+///
+/// # Errors
+/// The database failed.
+pub async fn write_transfer(
     conn: &mut PgConnection,
-    transfer_id: Uuid,
-    from: Uuid,
-    to: Uuid,
-    amount: i64,
-    currency: &str,
-    description: &str,
-    transaction_id: Uuid,
-    initiated_by: &str,
-    key: &bank_platform::idempotency::Key,
-    response: &[u8],
-    event: &bank_platform::outbox::Event,
+    transaction: &NewTransaction<'_>,
+    rows: &PostingRows,
+    transfer: &TransferWrite<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH t AS ( \
+        "WITH tx AS ( \
+           INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason, \
+             reverses_transaction_id) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $20) \
+         ), ent AS ( \
+           INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq, \
+             previous_hash, entry_hash, posted_at) \
+           SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4 \
+           FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[]) \
+             AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash) \
+         ), acc AS ( \
+           UPDATE ledger_accounts a SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash \
+           FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash) \
+           WHERE a.account_id = v.account_id \
+         ), t AS ( \
            INSERT INTO transfers (transfer_id, from_account_id, to_account_id, amount, currency, description, \
-             transaction_id, initiated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             transaction_id, initiated_by) VALUES ($21, $22, $23, $24, $8, $3, $1, $5) \
          ), o AS ( \
            INSERT INTO outbox (event_id, event_type, subject, traceparent, payload) \
-           VALUES ($13, $14, $15, $16, $17) \
+           VALUES ($29, $30, $31, $32, $33) \
          ) \
-         UPDATE idempotency_keys SET response = $12 WHERE principal = $9 AND rpc = $10 AND key = $11",
+         UPDATE idempotency_keys SET response = $28 WHERE principal = $25 AND rpc = $26 AND key = $27",
     )
-    .bind(transfer_id)
-    .bind(from)
-    .bind(to)
-    .bind(amount)
-    .bind(currency)
-    .bind(description)
-    .bind(transaction_id)
-    .bind(initiated_by)
-    .bind(&key.principal)
-    .bind(key.rpc)
-    .bind(&key.key)
-    .bind(response)
-    .bind(event.event_id)
-    .bind(&event.event_type)
-    .bind(&event.subject)
-    .bind(&event.traceparent)
-    .bind(&event.payload)
+    .bind(transaction.transaction_id)
+    .bind(transaction.kind)
+    .bind(transaction.description)
+    .bind(transaction.posted_at)
+    .bind(transaction.initiated_by)
+    .bind(transaction.reference_id)
+    .bind(transaction.reason)
+    .bind(transaction.currency)
+    .bind(&rows.entry_ids)
+    .bind(&rows.entry_accounts)
+    .bind(&rows.amounts)
+    .bind(&rows.balances_after)
+    .bind(&rows.seqs)
+    .bind(&rows.previous_hashes)
+    .bind(&rows.hashes)
+    .bind(&rows.account_ids)
+    .bind(&rows.account_posted)
+    .bind(&rows.account_counts)
+    .bind(&rows.account_hashes)
+    .bind(transaction.reverses)
+    .bind(transfer.transfer_id)
+    .bind(transfer.from)
+    .bind(transfer.to)
+    .bind(transfer.amount)
+    .bind(&transfer.key.principal)
+    .bind(transfer.key.rpc)
+    .bind(&transfer.key.key)
+    .bind(transfer.response)
+    .bind(transfer.event.event_id)
+    .bind(&transfer.event.event_type)
+    .bind(&transfer.event.subject)
+    .bind(&transfer.event.traceparent)
+    .bind(&transfer.event.payload)
     .execute(conn)
     .await?;
     Ok(())
