@@ -480,6 +480,13 @@ impl Api {
             .map_err(internal)?;
         let Some(step) = mfa::verify(&secret, &code, now.unix_timestamp(), row.last_used_step) else {
             metrics::counter!("identity_mfa_checks_total", "result" => "wrong").increment(1);
+            let mut audit = entry(&ctx, "mfa.enable", "failure");
+            audit.actor_id = user_id.to_string();
+            audit.target_type = "user";
+            audit.target_id = user_id.to_string();
+            audit.reason = "wrong first code".to_owned();
+            audit::append(&mut tx, audit).await.map_err(internal)?;
+            tx.commit().await.map_err(internal)?;
             return Err(invalid_credentials());
         };
         store::accept_step(&mut tx, user_id, step, true).await.map_err(internal)?;

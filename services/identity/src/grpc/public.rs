@@ -461,7 +461,7 @@ impl IdentityService for Api {
         }
         let rehashed =
             if needs_rehash { Some(self.state.hasher.hash(&password).await.map_err(busy)?) } else { None };
-        if self.has_mfa(user.user_id).await? {
+        if user.mfa_enabled {
             return self.mfa_challenge(&user, &ctx, &device_name, rehashed.as_deref()).await;
         }
 
