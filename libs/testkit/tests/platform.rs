@@ -180,3 +180,31 @@ async fn unbuilt_rpcs_answer_unimplemented_and_every_call_is_counted() {
     assert!(line.contains("service=\"probe\""), "{line}");
     assert!(metrics.contains("grpc_server_request_duration_seconds_bucket"), "no latency histogram");
 }
+
+#[tokio::test]
+async fn a_pool_with_generic_plans_sets_them_on_every_connection() {
+    let database = TestDatabase::create().await;
+    let config = bank_platform::config::DatabaseConfig {
+        url: secrecy::SecretString::from(database.url().to_owned()),
+        max_connections: 3,
+        acquire_timeout: Duration::from_secs(5),
+        run_migrations: true,
+    };
+    let show = |pool: sqlx::PgPool| async move {
+        let mut seen = Vec::new();
+        // Three connections at once: each must carry the setting.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = pool.acquire().await.unwrap();
+            let mode: String =
+                sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *conn).await.unwrap();
+            seen.push(mode);
+            held.push(conn);
+        }
+        seen
+    };
+    let generic = db::connect_with(&config, &NO_MIGRATIONS, db::Plans::Generic).await.unwrap();
+    assert_eq!(show(generic).await, ["force_generic_plan"; 3]);
+    let auto = db::connect(&config, &NO_MIGRATIONS).await.unwrap();
+    assert_eq!(show(auto).await, ["auto"; 3]);
+}

@@ -44,7 +44,8 @@ impl Service for Ledger {
     }
 
     async fn build(config: Config) -> Result<App, BoxError> {
-        let pool = db::connect(&config.database, &MIGRATOR).await?;
+        // Every hot statement is keyed by ids: plan each once per connection (ADR 0017).
+        let pool = db::connect_with(&config.database, &MIGRATOR, db::Plans::Generic).await?;
         let api = grpc::Api::new(pool.clone(), config.transfers.clone());
         let services = GrpcServices::new()
             .serve(LedgerServiceServer::new(api.clone()))
