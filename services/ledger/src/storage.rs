@@ -205,65 +205,22 @@ pub async fn write_transfer(
     rows: &PostingRows,
     transfer: &TransferWrite<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH tx AS ( \
-           INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason, \
-             reverses_transaction_id) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $20) \
-         ), ent AS ( \
-           INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq, \
-             previous_hash, entry_hash, posted_at) \
-           SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4 \
-           FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[]) \
-             AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash) \
-         ), acc AS ( \
-           UPDATE ledger_accounts a SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash \
-           FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash) \
-           WHERE a.account_id = v.account_id \
-         ), t AS ( \
-           INSERT INTO transfers (transfer_id, from_account_id, to_account_id, amount, currency, description, \
-             transaction_id, initiated_by) VALUES ($21, $22, $23, $24, $8, $3, $1, $5) \
-         ), o AS ( \
-           INSERT INTO outbox (event_id, event_type, subject, traceparent, payload) \
-           VALUES ($29, $30, $31, $32, $33) \
-         ) \
-         UPDATE idempotency_keys SET response = $28 WHERE principal = $25 AND rpc = $26 AND key = $27",
-    )
-    .bind(transaction.transaction_id)
-    .bind(transaction.kind)
-    .bind(transaction.description)
-    .bind(transaction.posted_at)
-    .bind(transaction.initiated_by)
-    .bind(transaction.reference_id)
-    .bind(transaction.reason)
-    .bind(transaction.currency)
-    .bind(&rows.entry_ids)
-    .bind(&rows.entry_accounts)
-    .bind(&rows.amounts)
-    .bind(&rows.balances_after)
-    .bind(&rows.seqs)
-    .bind(&rows.previous_hashes)
-    .bind(&rows.hashes)
-    .bind(&rows.account_ids)
-    .bind(&rows.account_posted)
-    .bind(&rows.account_counts)
-    .bind(&rows.account_hashes)
-    .bind(transaction.reverses)
-    .bind(transfer.transfer_id)
-    .bind(transfer.from)
-    .bind(transfer.to)
-    .bind(transfer.amount)
-    .bind(&transfer.key.principal)
-    .bind(transfer.key.rpc)
-    .bind(&transfer.key.key)
-    .bind(transfer.response)
-    .bind(transfer.event.event_id)
-    .bind(&transfer.event.event_type)
-    .bind(&transfer.event.subject)
-    .bind(&transfer.event.traceparent)
-    .bind(&transfer.event.payload)
-    .execute(conn)
-    .await?;
+    bind_posting(sqlx::query(sqlx::AssertSqlSafe(WRITE_TRANSFER.as_str())), transaction, rows)
+        .bind(transfer.transfer_id)
+        .bind(transfer.from)
+        .bind(transfer.to)
+        .bind(transfer.amount)
+        .bind(&transfer.key.principal)
+        .bind(transfer.key.rpc)
+        .bind(&transfer.key.key)
+        .bind(transfer.response)
+        .bind(transfer.event.event_id)
+        .bind(&transfer.event.event_type)
+        .bind(&transfer.event.subject)
+        .bind(&transfer.event.traceparent)
+        .bind(&transfer.event.payload)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -952,30 +909,75 @@ pub async fn write_posting(
     transaction: &NewTransaction<'_>,
     rows: &PostingRows,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH tx AS (            INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason,              reverses_transaction_id)            VALUES ($1, $2, $3, $4, $5, $6, $7, $20)          ), ent AS (            INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq,              previous_hash, entry_hash, posted_at)            SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4            FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])              AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash)          )          UPDATE ledger_accounts a SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash          FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash)          WHERE a.account_id = v.account_id",
-    )
-    .bind(transaction.transaction_id)
-    .bind(transaction.kind)
-    .bind(transaction.description)
-    .bind(transaction.posted_at)
-    .bind(transaction.initiated_by)
-    .bind(transaction.reference_id)
-    .bind(transaction.reason)
-    .bind(transaction.currency)
-    .bind(&rows.entry_ids)
-    .bind(&rows.entry_accounts)
-    .bind(&rows.amounts)
-    .bind(&rows.balances_after)
-    .bind(&rows.seqs)
-    .bind(&rows.previous_hashes)
-    .bind(&rows.hashes)
-    .bind(&rows.account_ids)
-    .bind(&rows.account_posted)
-    .bind(&rows.account_counts)
-    .bind(&rows.account_hashes)
-    .bind(transaction.reverses)
-    .execute(conn)
-    .await?;
+    bind_posting(sqlx::query(sqlx::AssertSqlSafe(WRITE_POSTING.as_str())), transaction, rows)
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// A posting's rows ($1..$20, bound by [`bind_posting`]): the transaction and its entries ...
+const POSTING_CTES: &str = "WITH tx AS ( \
+       INSERT INTO transactions (transaction_id, kind, description, posted_at, initiated_by, reference_id, reason, \
+         reverses_transaction_id) \
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $20) \
+     ), ent AS ( \
+       INSERT INTO entries (entry_id, transaction_id, account_id, amount, currency, balance_after, account_seq, \
+         previous_hash, entry_hash, posted_at) \
+       SELECT e.entry_id, $1, e.account_id, e.amount, $8, e.balance_after, e.seq, e.previous_hash, e.entry_hash, $4 \
+       FROM unnest($9::uuid[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[]) \
+         AS e(entry_id, account_id, amount, balance_after, seq, previous_hash, entry_hash) \
+     )";
+
+/// ... and the accounts' new balances and chain heads.
+const POSTING_ACCOUNTS: &str = "UPDATE ledger_accounts a \
+       SET posted = v.posted, entry_count = v.entry_count, last_hash = v.last_hash \
+     FROM unnest($16::uuid[], $17::bigint[], $18::bigint[], $19::text[]) AS v(account_id, posted, entry_count, last_hash) \
+     WHERE a.account_id = v.account_id";
+
+/// [`write_posting`]'s statement.
+static WRITE_POSTING: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{POSTING_CTES} {POSTING_ACCOUNTS}"));
+
+/// [`write_transfer`]'s statement: the posting, the transfer row ($21..$24), its outbox event
+/// ($29..$33) and the response stored under the idempotency key ($25..$28).
+static WRITE_TRANSFER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{POSTING_CTES}, acc AS ({POSTING_ACCOUNTS}), t AS ( \
+           INSERT INTO transfers (transfer_id, from_account_id, to_account_id, amount, currency, description, \
+             transaction_id, initiated_by) VALUES ($21, $22, $23, $24, $8, $3, $1, $5) \
+         ), o AS ( \
+           INSERT INTO outbox (event_id, event_type, subject, traceparent, payload) \
+           VALUES ($29, $30, $31, $32, $33) \
+         ) \
+         UPDATE idempotency_keys SET response = $28 WHERE principal = $25 AND rpc = $26 AND key = $27"
+    )
+});
+
+/// Binds $1..$20 of [`POSTING_CTES`] and [`POSTING_ACCOUNTS`].
+fn bind_posting<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    transaction: &'q NewTransaction<'_>,
+    rows: &'q PostingRows,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(transaction.transaction_id)
+        .bind(transaction.kind)
+        .bind(transaction.description)
+        .bind(transaction.posted_at)
+        .bind(transaction.initiated_by)
+        .bind(transaction.reference_id)
+        .bind(transaction.reason)
+        .bind(transaction.currency)
+        .bind(&rows.entry_ids)
+        .bind(&rows.entry_accounts)
+        .bind(&rows.amounts)
+        .bind(&rows.balances_after)
+        .bind(&rows.seqs)
+        .bind(&rows.previous_hashes)
+        .bind(&rows.hashes)
+        .bind(&rows.account_ids)
+        .bind(&rows.account_posted)
+        .bind(&rows.account_counts)
+        .bind(&rows.account_hashes)
+        .bind(transaction.reverses)
 }

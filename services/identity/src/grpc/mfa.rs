@@ -96,6 +96,19 @@ fn mfa_conflict(message: &str) -> Status {
     ServiceError::new(ErrorCode::MfaStateConflict, message).into()
 }
 
+fn not_enabled() -> Status {
+    mfa_conflict("MFA is not enabled")
+}
+
+/// An audit entry of the user acting on their own account.
+fn user_audit(ctx: &CallContext, action: &'static str, result: &'static str, user_id: Uuid) -> audit::Entry {
+    let mut audit = entry(ctx, action, result);
+    audit.actor_id = user_id.to_string();
+    audit.target_type = "user";
+    audit.target_id = user_id.to_string();
+    audit
+}
+
 fn secret_context(user_id: Uuid) -> String {
     format!("mfa_totp:{user_id}")
 }
@@ -142,6 +155,28 @@ impl Api {
         }
     }
 
+    /// Opens a transaction and checks `factor` in it: the transaction (with the factor used up) and,
+    /// for a recovery code, how many are left. A wrong factor counts toward the lockout (`what` is
+    /// the audited reason); no enabled MFA answers `not_enrolled`.
+    async fn proven(
+        &self,
+        user: &UserRow,
+        ctx: &CallContext,
+        factor: &Factor,
+        what: &str,
+        not_enrolled: fn() -> Status,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Option<i64>), Status> {
+        let mut tx = self.state.pool.begin().await.map_err(internal)?;
+        match self.check_factor(&mut tx, user.user_id, factor).await? {
+            Check::NotEnrolled => Err(not_enrolled()),
+            Check::Wrong => {
+                drop(tx);
+                Err(self.wrong_factor(user, ctx, what).await)
+            }
+            Check::Accepted { recovery_codes_left } => Ok((tx, recovery_codes_left)),
+        }
+    }
+
     /// After a used recovery code: the event (security feed, email) and the audit entry.
     async fn recovery_code_used(
         &self,
@@ -162,10 +197,7 @@ impl Api {
         )
         .await
         .map_err(internal)?;
-        let mut audit = entry(ctx, "mfa.recovery_code_used", "success");
-        audit.actor_id = user.user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user.user_id.to_string();
+        let mut audit = user_audit(ctx, "mfa.recovery_code_used", "success", user.user_id);
         audit.reason = format!("{left} recovery codes left");
         audit::append(tx, audit).await.map_err(internal)?;
         Ok(())
@@ -212,10 +244,7 @@ impl Api {
         store::insert_challenge(&mut tx, &tokens::digest(&token), user.user_id, device_name, expires_at)
             .await
             .map_err(internal)?;
-        let mut audit = entry(ctx, "user.login_password", "success");
-        audit.actor_id = user.user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user.user_id.to_string();
+        let mut audit = user_audit(ctx, "user.login_password", "success", user.user_id);
         audit.reason = "second factor required".to_owned();
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
@@ -293,22 +322,7 @@ impl Api {
             req.device_name.trim().chars().take(100).collect()
         };
         let tokens = self.open_session(&mut tx, &user, &ctx, &device_name, bank_auth::ACR_MFA).await?;
-        outbox::publish(
-            &mut tx,
-            &format!("users/{}", user.user_id),
-            &events::SessionCreated {
-                user_id: user.user_id.to_string(),
-                email: user.email.clone(),
-                session_id: tokens.session_id.clone(),
-                ip_address: ctx.ip_address.clone(),
-                user_agent: ctx.user_agent.clone(),
-                device_name,
-                mfa_authenticated: true,
-                new_device: false,
-            },
-        )
-        .await
-        .map_err(internal)?;
+        self.session_created(&mut tx, &user, &ctx, &tokens, device_name, true).await?;
         if let Some(left) = recovery_codes_left {
             self.recovery_code_used(&mut tx, &user, &ctx, left).await?;
         }
@@ -339,22 +353,18 @@ impl Api {
             }
         };
         let now = OffsetDateTime::now_utc();
-        let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        let user =
-            users::by_id(&mut tx, user_id, false).await.map_err(internal)?.ok_or_else(invalid_credentials)?;
+        let mut conn = self.state.pool.acquire().await.map_err(internal)?;
+        let user = users::by_id(&mut conn, user_id, false)
+            .await
+            .map_err(internal)?
+            .ok_or_else(invalid_credentials)?;
+        drop(conn);
         if user.is_locked(now) || user.status != "active" {
             return Err(invalid_credentials());
         }
-        let recovery_codes_left = match self.check_factor(&mut tx, user_id, &factor).await? {
-            Check::NotEnrolled => {
-                return Err(ServiceError::new(ErrorCode::MfaRequired, "enrol MFA first").into());
-            }
-            Check::Wrong => {
-                drop(tx);
-                return Err(self.wrong_factor(&user, &ctx, "wrong second factor (step-up)").await);
-            }
-            Check::Accepted { recovery_codes_left } => recovery_codes_left,
-        };
+        let not_enrolled = || Status::from(ServiceError::new(ErrorCode::MfaRequired, "enrol MFA first"));
+        let (mut tx, recovery_codes_left) =
+            self.proven(&user, &ctx, &factor, "wrong second factor (step-up)", not_enrolled).await?;
         sessions::set_acr(&mut tx, session_id, bank_auth::ACR_MFA).await.map_err(internal)?;
         let session = sessions::get(&mut tx, session_id)
             .await
@@ -423,10 +433,7 @@ impl Api {
         if !store::start_enrollment(&mut tx, user_id, &nonce, &sealed, expires_at).await.map_err(internal)? {
             return Err(mfa_conflict("MFA is already enabled"));
         }
-        let mut audit = entry(&ctx, "mfa.enrollment_start", "success");
-        audit.actor_id = user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user_id.to_string();
+        let audit = user_audit(&ctx, "mfa.enrollment_start", "success", user_id);
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
         let uri = mfa::otpauth_uri(&config.issuer, &user.email, &secret);
@@ -480,10 +487,7 @@ impl Api {
             .map_err(internal)?;
         let Some(step) = mfa::verify(&secret, &code, now.unix_timestamp(), row.last_used_step) else {
             metrics::counter!("identity_mfa_checks_total", "result" => "wrong").increment(1);
-            let mut audit = entry(&ctx, "mfa.enable", "failure");
-            audit.actor_id = user_id.to_string();
-            audit.target_type = "user";
-            audit.target_id = user_id.to_string();
+            let mut audit = user_audit(&ctx, "mfa.enable", "failure", user_id);
             audit.reason = "wrong first code".to_owned();
             audit::append(&mut tx, audit).await.map_err(internal)?;
             tx.commit().await.map_err(internal)?;
@@ -498,10 +502,7 @@ impl Api {
         )
         .await
         .map_err(internal)?;
-        let mut audit = entry(&ctx, "mfa.enable", "success");
-        audit.actor_id = user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user_id.to_string();
+        let audit = user_audit(&ctx, "mfa.enable", "success", user_id);
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
         metrics::counter!("identity_mfa_enrollments_total").increment(1);
@@ -551,15 +552,8 @@ impl Api {
             self.record_login_failure(&user, &ctx, "wrong password (disable MFA)", true, false).await?;
             return Err(invalid_credentials());
         }
-        let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        match self.check_factor(&mut tx, user_id, &factor).await? {
-            Check::NotEnrolled => return Err(mfa_conflict("MFA is not enabled")),
-            Check::Wrong => {
-                drop(tx);
-                return Err(self.wrong_factor(&user, &ctx, "wrong second factor (disable MFA)").await);
-            }
-            Check::Accepted { .. } => {}
-        }
+        let (mut tx, _) =
+            self.proven(&user, &ctx, &factor, "wrong second factor (disable MFA)", not_enabled).await?;
         store::remove(&mut tx, user_id).await.map_err(internal)?;
         outbox::publish(
             &mut tx,
@@ -572,10 +566,7 @@ impl Api {
         )
         .await
         .map_err(internal)?;
-        let mut audit = entry(&ctx, "mfa.disable", "success");
-        audit.actor_id = user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user_id.to_string();
+        let mut audit = user_audit(&ctx, "mfa.disable", "success", user_id);
         audit.reason = format!("proof: {}", factor.method());
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
@@ -599,20 +590,10 @@ impl Api {
         if user.is_locked(OffsetDateTime::now_utc()) {
             return Err(invalid_credentials());
         }
-        let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        match self.check_factor(&mut tx, user_id, &factor).await? {
-            Check::NotEnrolled => return Err(mfa_conflict("MFA is not enabled")),
-            Check::Wrong => {
-                drop(tx);
-                return Err(self.wrong_factor(&user, &ctx, "wrong second factor (recovery codes)").await);
-            }
-            Check::Accepted { .. } => {}
-        }
+        let (mut tx, _) =
+            self.proven(&user, &ctx, &factor, "wrong second factor (recovery codes)", not_enabled).await?;
         let codes = self.new_recovery_codes(&mut tx, user_id).await?;
-        let mut audit = entry(&ctx, "mfa.recovery_codes_regenerate", "success");
-        audit.actor_id = user_id.to_string();
-        audit.target_type = "user";
-        audit.target_id = user_id.to_string();
+        let audit = user_audit(&ctx, "mfa.recovery_codes_regenerate", "success", user_id);
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
         Ok(Response::new(RegenerateRecoveryCodesResponse { recovery_codes: codes }))

@@ -142,6 +142,35 @@ impl Api {
         self.pair(conn, user, &session).await
     }
 
+    /// The `SessionCreated` event of a new session (login), in the caller's transaction.
+    pub(super) async fn session_created(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        user: &UserRow,
+        ctx: &CallContext,
+        tokens: &TokenPair,
+        device_name: String,
+        mfa_authenticated: bool,
+    ) -> Result<(), Status> {
+        outbox::publish(
+            conn,
+            &format!("users/{}", user.user_id),
+            &events::SessionCreated {
+                user_id: user.user_id.to_string(),
+                email: user.email.clone(),
+                session_id: tokens.session_id.clone(),
+                ip_address: ctx.ip_address.clone(),
+                user_agent: ctx.user_agent.clone(),
+                device_name,
+                mfa_authenticated,
+                new_device: false,
+            },
+        )
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
     /// A new refresh token for `session` plus an access token.
     pub(super) async fn pair(
         &self,
@@ -473,22 +502,7 @@ impl IdentityService for Api {
             return Err(invalid_credentials());
         };
         let tokens = self.open_session(&mut tx, &user, &ctx, &device_name, "pwd").await?;
-        outbox::publish(
-            &mut tx,
-            &format!("users/{}", user.user_id),
-            &events::SessionCreated {
-                user_id: user.user_id.to_string(),
-                email: user.email.clone(),
-                session_id: tokens.session_id.clone(),
-                ip_address: ctx.ip_address.clone(),
-                user_agent: ctx.user_agent.clone(),
-                device_name: device_name.clone(),
-                mfa_authenticated: false,
-                new_device: false,
-            },
-        )
-        .await
-        .map_err(internal)?;
+        self.session_created(&mut tx, &user, &ctx, &tokens, device_name, false).await?;
         let mut audit = entry(&ctx, "user.login", "success");
         audit.actor_id = user.user_id.to_string();
         audit.target_type = "session";
