@@ -115,6 +115,20 @@ impl AppBuilder {
         self
     }
 
+    /// Relays the service's transactional outbox to its Redis stream (`<redis.key_prefix>events`)
+    /// as a background task ([`crate::outbox::relay`]). Call after [`database`](Self::database) and
+    /// [`redis`](Self::redis); without both it changes nothing.
+    #[must_use]
+    pub fn relay_outbox(mut self) -> Self {
+        if let (Some(pool), Some(redis)) = (self.pool.clone(), self.redis.clone()) {
+            let options = crate::outbox::RelayOptions::new(self.name, &redis);
+            self.tasks.push(Box::new(move |stop| {
+                Box::pin(crate::outbox::relay(pool, redis.conn.clone(), options, stop))
+            }));
+        }
+        self
+    }
+
     /// Fills the authentication slot of the gRPC stack.
     #[must_use]
     pub fn authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {

@@ -73,6 +73,7 @@ impl Service for Accounts {
         AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
+            .relay_outbox()
             .authenticator(authenticator)
             .task(move |stop| saga::reconcile(core, reconciler, stop))
             .task(move |stop| bank_platform::idempotency::purge_periodically(purge_pool, retention, stop))

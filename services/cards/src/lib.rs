@@ -44,6 +44,7 @@ impl Service for Cards {
         AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
+            .relay_outbox()
             .authenticator(authenticator)
             .bind()
             .await

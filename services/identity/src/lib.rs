@@ -127,6 +127,7 @@ impl Service for Identity {
         AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
+            .relay_outbox()
             .authenticator(authenticator)
             .task(move |stop| keys.run(reload, stop))
             .task(move |stop| revocations.keep_hydrated(hydrate_pool, Duration::from_secs(2), stop))

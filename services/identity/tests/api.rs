@@ -429,3 +429,38 @@ async fn a_login_flood_is_shed_with_resource_exhausted_and_other_rpcs_still_answ
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
 }
+
+#[tokio::test]
+async fn events_reach_the_identity_stream_through_the_outbox_relay() {
+    let identity = TestIdentity::spawn().await;
+    let user = identity.user("stream@example.com").await;
+    let namespace = identity.app.redis().unwrap();
+    let stream = format!("{}events", namespace.prefix());
+    let mut redis =
+        redis::Client::open(namespace.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut types = Vec::new();
+    for _ in 0..100 {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut redis).await.unwrap();
+        types = reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("subject").as_deref() == Some(&format!("users/{}", user.user_id)))
+            .map(|e| e.get::<String>("type").unwrap())
+            .collect();
+        if types.iter().any(|t| t == "bank.events.v1.SessionCreated") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        types,
+        [
+            "bank.events.v1.UserRegistered",
+            "bank.events.v1.EmailVerificationRequested",
+            "bank.events.v1.EmailVerified",
+            "bank.events.v1.SessionCreated"
+        ],
+        "in outbox order, each once"
+    );
+}

@@ -59,6 +59,7 @@ impl Service for Ledger {
         let app = AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
+            .relay_outbox()
             .authenticator(authenticator)
             .task(move |stop| {
                 bank_platform::idempotency::purge_periodically(purge_pool, IDEMPOTENCY_RETENTION, stop)
