@@ -74,6 +74,17 @@ impl Factor {
             .ok_or_else(|| invalid(field, "INVALID_FORMAT", "must be a recovery code (xxxx-xxxx-xxxx-xxxx)"))
     }
 
+    /// The `code` oneof of the login step and of step-up: `totp_code` or `recovery_code`.
+    fn one_of(totp: Option<&str>, recovery: Option<&str>) -> Result<Self, Status> {
+        match (totp, recovery) {
+            (Some(code), _) => Self::totp("totp_code", code),
+            (None, Some(code)) => Self::recovery("recovery_code", code),
+            (None, None) => {
+                Err(invalid("totp_code", "REQUIRED", "a TOTP code or a recovery code is required"))
+            }
+        }
+    }
+
     fn method(&self) -> &'static str {
         match self {
             Self::Totp(_) => "totp",
@@ -94,6 +105,15 @@ enum Check {
 
 fn mfa_conflict(message: &str) -> Status {
     ServiceError::new(ErrorCode::MfaStateConflict, message).into()
+}
+
+/// A locked or inactive user proves nothing: the same answer as a wrong factor.
+fn usable(user: &UserRow) -> Result<(), Status> {
+    if user.is_locked(OffsetDateTime::now_utc()) || user.status != "active" {
+        Err(invalid_credentials())
+    } else {
+        Ok(())
+    }
 }
 
 fn not_enabled() -> Status {
@@ -212,6 +232,12 @@ impl Api {
         }
     }
 
+    /// The calling user's row (gone: `INVALID_CREDENTIALS`, as for every failed factor check).
+    async fn user_row(&self, user_id: Uuid) -> Result<UserRow, Status> {
+        let mut conn = self.state.pool.acquire().await.map_err(internal)?;
+        users::by_id(&mut conn, user_id, false).await.map_err(internal)?.ok_or_else(invalid_credentials)
+    }
+
     /// A user's MFA state, for the owner.
     pub(super) async fn has_mfa(&self, user_id: Uuid) -> Result<bool, Status> {
         let mut conn = self.state.pool.acquire().await.map_err(internal)?;
@@ -267,14 +293,10 @@ impl Api {
             return Err(invalid("mfa_token", "REQUIRED", "is required"));
         }
         let factor = match &req.code {
-            Some(complete_mfa_login_request::Code::TotpCode(code)) => Factor::totp("totp_code", code)?,
-            Some(complete_mfa_login_request::Code::RecoveryCode(code)) => {
-                Factor::recovery("recovery_code", code)?
-            }
-            None => {
-                return Err(invalid("totp_code", "REQUIRED", "a TOTP code or a recovery code is required"));
-            }
-        };
+            Some(complete_mfa_login_request::Code::TotpCode(code)) => Factor::one_of(Some(code), None),
+            Some(complete_mfa_login_request::Code::RecoveryCode(code)) => Factor::one_of(None, Some(code)),
+            None => Factor::one_of(None, None),
+        }?;
         let hash = tokens::digest(&req.mfa_token);
         let now = OffsetDateTime::now_utc();
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
@@ -346,22 +368,13 @@ impl Api {
     ) -> Answer<StepUpResponse> {
         let (user_id, session_id) = the_user(principal)?;
         let factor = match &req.code {
-            Some(step_up_request::Code::TotpCode(code)) => Factor::totp("totp_code", code)?,
-            Some(step_up_request::Code::RecoveryCode(code)) => Factor::recovery("recovery_code", code)?,
-            None => {
-                return Err(invalid("totp_code", "REQUIRED", "a TOTP code or a recovery code is required"));
-            }
-        };
+            Some(step_up_request::Code::TotpCode(code)) => Factor::one_of(Some(code), None),
+            Some(step_up_request::Code::RecoveryCode(code)) => Factor::one_of(None, Some(code)),
+            None => Factor::one_of(None, None),
+        }?;
         let now = OffsetDateTime::now_utc();
-        let mut conn = self.state.pool.acquire().await.map_err(internal)?;
-        let user = users::by_id(&mut conn, user_id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(invalid_credentials)?;
-        drop(conn);
-        if user.is_locked(now) || user.status != "active" {
-            return Err(invalid_credentials());
-        }
+        let user = self.user_row(user_id).await?;
+        usable(&user)?;
         let not_enrolled = || Status::from(ServiceError::new(ErrorCode::MfaRequired, "enrol MFA first"));
         let (mut tx, recovery_codes_left) =
             self.proven(&user, &ctx, &factor, "wrong second factor (step-up)", not_enrolled).await?;
@@ -531,18 +544,11 @@ impl Api {
                 ));
             }
         };
-        let mut conn = self.state.pool.acquire().await.map_err(internal)?;
-        let user = users::by_id(&mut conn, user_id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(invalid_credentials)?;
-        drop(conn);
+        let user = self.user_row(user_id).await?;
         if self.required_by_role(&user) {
             return Err(ServiceError::new(ErrorCode::PermissionDenied, "your role requires MFA").into());
         }
-        if user.is_locked(OffsetDateTime::now_utc()) {
-            return Err(invalid_credentials());
-        }
+        usable(&user)?;
         if let Some(password) = password
             && !matches!(
                 self.state.hasher.verify(&password, Some(&user.password_hash)).await.map_err(busy)?,
@@ -581,15 +587,8 @@ impl Api {
     ) -> Answer<RegenerateRecoveryCodesResponse> {
         let (user_id, _) = the_user(principal)?;
         let factor = Factor::totp("totp_code", &req.totp_code)?;
-        let mut conn = self.state.pool.acquire().await.map_err(internal)?;
-        let user = users::by_id(&mut conn, user_id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(invalid_credentials)?;
-        drop(conn);
-        if user.is_locked(OffsetDateTime::now_utc()) {
-            return Err(invalid_credentials());
-        }
+        let user = self.user_row(user_id).await?;
+        usable(&user)?;
         let (mut tx, _) =
             self.proven(&user, &ctx, &factor, "wrong second factor (recovery codes)", not_enabled).await?;
         let codes = self.new_recovery_codes(&mut tx, user_id).await?;
