@@ -15,13 +15,17 @@ mod database;
 pub mod identity;
 pub mod probe;
 mod proxy;
+pub mod receiver;
 mod redis_ns;
+pub mod smtp;
 mod spawn;
 
 pub use database::TestDatabase;
 pub use identity::{TestIdentity, TestUser, TotpDevice, bearer};
 pub use proxy::TcpProxy;
+pub use receiver::WebhookReceiver;
 pub use redis_ns::TestRedis;
+pub use smtp::SmtpSink;
 pub use spawn::{Options, TestApp, spawn, spawn_with};
 
 /// The admin connection URL for creating test databases.

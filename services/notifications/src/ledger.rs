@@ -1,0 +1,95 @@
+//! The ledger as notifications calls it: `SetLowBalanceThreshold` with this service's own service
+//! token (scope `ledger:accounts`). User tokens never travel beyond the service they were presented
+//! to; notifications decides ownership from its own projection of `AccountOpened` events.
+
+use std::{sync::Arc, time::Duration};
+
+use bank_auth::ServiceTokens;
+use bank_platform::{BoxError, ErrorCode, ServiceError, telemetry::inject_current};
+use bank_proto::{
+    common::v1::Money,
+    ledger::v1::{SetLowBalanceThresholdRequest, ledger_service_client::LedgerServiceClient},
+};
+use tonic::{Code, Request, Status, transport::Channel, transport::Endpoint};
+use uuid::Uuid;
+
+use crate::config::Config;
+
+/// The ledger client with this service's credentials.
+#[derive(Clone)]
+pub struct Ledger {
+    client: LedgerServiceClient<Channel>,
+    tokens: Arc<ServiceTokens>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// A lazily connected client of `ledger_url`, with service tokens from `auth.identity_url`.
+    ///
+    /// # Errors
+    /// An address is not a valid endpoint, or the client credentials are missing.
+    pub fn connect(config: &Config) -> Result<Self, BoxError> {
+        let ledger = Endpoint::from_shared(config.ledger_url.clone())
+            .map_err(|e| format!("ledger_url: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(config.ledger_timeout)
+            .connect_lazy();
+        let identity = Endpoint::from_shared(config.auth.identity_url.clone())
+            .map_err(|e| format!("auth.identity_url: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(config.ledger_timeout)
+            .connect_lazy();
+        let (Some(client_id), Some(secret)) = (&config.auth.client_id, &config.auth.client_secret) else {
+            return Err("auth.client_id: notifications needs client credentials to call the ledger".into());
+        };
+        let tokens = ServiceTokens::new(
+            identity,
+            client_id.clone(),
+            secret.clone(),
+            vec!["ledger:accounts".to_owned()],
+        );
+        Ok(Self { client: LedgerServiceClient::new(ledger), tokens: Arc::new(tokens) })
+    }
+
+    /// Sets (or, with `None`, clears) the account's threshold; answers the available balance after.
+    ///
+    /// # Errors
+    /// NOT_FOUND / VALIDATION_FAILED as the ledger answered; UNAVAILABLE when it could not answer.
+    pub async fn set_threshold(
+        &self,
+        account: Uuid,
+        threshold: Option<Money>,
+    ) -> Result<Option<i64>, Status> {
+        let mut request =
+            Request::new(SetLowBalanceThresholdRequest { account_id: account.to_string(), threshold });
+        self.tokens.authorize(&mut request).await.map_err(|s| unavailable(&s))?;
+        inject_current(request.metadata_mut());
+        match self.client.clone().set_low_balance_threshold(request).await {
+            Ok(response) => Ok(response
+                .into_inner()
+                .account
+                .and_then(|a| a.balances)
+                .and_then(|b| b.available)
+                .map(|m| m.minor_units)),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition
+                ) =>
+            {
+                Err(status)
+            }
+            Err(status) => Err(unavailable(&status)),
+        }
+    }
+}
+
+fn unavailable(status: &Status) -> Status {
+    tracing::warn!(code = ?status.code(), message = status.message(), "ledger call failed");
+    ServiceError::new(ErrorCode::Unavailable, "the ledger is unavailable; try again").into()
+}

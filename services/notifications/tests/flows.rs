@@ -1,0 +1,390 @@
+//! notifications end to end with real services: identity and the ledger produce events, their
+//! outbox relays put them on Redis streams, notifications consumes them and sends email to a real
+//! SMTP server and signed webhooks to a real HTTP receiver (both local, in the testkit).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bank_ledger::Ledger;
+use bank_notifications::{Notifications, webhooks};
+use bank_proto::{
+    common::v1::Money,
+    identity::v1::{RegisterRequest, VerifyEmailRequest},
+    ledger::v1::{
+        CreateDepositRequest, CreateLedgerAccountRequest,
+        ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
+    },
+    notifications::v1::{
+        CreateWebhookEndpointRequest, DeliveryStatus, GetWebhookDeliveryRequest, ListSecurityEventsRequest,
+        ListSentEmailsRequest, ListWebhookDeliveriesRequest, SendTestWebhookRequest,
+        notifications_admin_service_client::NotificationsAdminServiceClient,
+        notifications_service_client::NotificationsServiceClient,
+    },
+};
+use bank_testkit::{Options, SmtpSink, TestApp, TestIdentity, WebhookReceiver, bearer, spawn_with};
+
+struct Mesh {
+    identity: TestIdentity,
+    ledger: TestApp,
+    notifications: TestApp,
+    smtp: SmtpSink,
+}
+
+async fn mesh(allow_loopback: bool) -> Mesh {
+    let identity = TestIdentity::spawn().await;
+    let ns = identity.app.redis().unwrap().prefix().to_owned();
+    let ledger = spawn_with::<Ledger>(
+        identity.trust(Options::default()).set("redis.key_prefix", format!("{ns}ledger:")),
+    )
+    .await;
+    let smtp = SmtpSink::start().await;
+    let networks: Vec<String> = if allow_loopback { vec!["127.0.0.0/8".to_owned()] } else { Vec::new() };
+    let notifications = spawn_with::<Notifications>(
+        identity
+            .trust(Options::default())
+            .set("redis.key_prefix", format!("{ns}notifications:"))
+            .set("ledger_url", format!("http://{}", ledger.addr))
+            .set("consumer.streams", vec![format!("{ns}events"), format!("{ns}ledger:events")])
+            .set("consumer.block", "200ms")
+            .set("consumer.claim_idle", "1s")
+            .set("email.smtp_host", "127.0.0.1")
+            .set("email.smtp_port", i64::from(smtp.port()))
+            .set("email.smtp_tls", "none")
+            .set("email.link_base_url", "https://app.test")
+            .set("email.retry_base", "100ms")
+            .set("webhooks.allow_http", true)
+            .set("webhooks.allowed_networks", networks)
+            .set("webhooks.retry_base", "400ms"),
+    )
+    .await;
+    Mesh { identity, ledger, notifications, smtp }
+}
+
+impl Mesh {
+    async fn client(&self) -> NotificationsServiceClient<tonic::transport::Channel> {
+        NotificationsServiceClient::new(self.notifications.channel().await)
+    }
+
+    async fn admin(&self) -> NotificationsAdminServiceClient<tonic::transport::Channel> {
+        NotificationsAdminServiceClient::new(self.notifications.channel().await)
+    }
+
+    /// A ledger account of `owner` with `deposit` minor units (EUR) deposited by the admin.
+    async fn funded_account(&self, owner: &str, number: &str, deposit: i64) -> String {
+        let service = self.identity.service_token(&["ledger:accounts"]).await;
+        let id = uuid::Uuid::now_v7().to_string();
+        LedgerServiceClient::new(self.ledger.channel().await)
+            .create_ledger_account(bearer(
+                CreateLedgerAccountRequest {
+                    account_id: id.clone(),
+                    account_number: number.into(),
+                    owner_user_id: owner.into(),
+                    currency: "EUR".into(),
+                },
+                &service,
+            ))
+            .await
+            .unwrap();
+        if deposit > 0 {
+            let admin = self.identity.admin().await.access_token;
+            let mut request = bearer(
+                CreateDepositRequest {
+                    account_id: id.clone(),
+                    amount: Some(Money { currency: "EUR".into(), minor_units: deposit }),
+                    description: "Cash deposit".into(),
+                    reason: "test".into(),
+                    ..CreateDepositRequest::default()
+                },
+                &admin,
+            );
+            request
+                .metadata_mut()
+                .insert("idempotency-key", uuid::Uuid::now_v7().to_string().parse().unwrap());
+            LedgerAdminServiceClient::new(self.ledger.channel().await).create_deposit(request).await.unwrap();
+        }
+        id
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    tonic_types::StatusExt::get_error_details(status)
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sign_up_sends_a_verification_email_whose_link_verifies_the_address() {
+    let mesh = mesh(true).await;
+    let mut identity = mesh.identity.client().await;
+    identity
+        .register(RegisterRequest {
+            email: "alice@example.com".into(),
+            password: bank_testkit::identity::USER_PASSWORD.into(),
+            given_name: "Alice".into(),
+            family_name: "Liddell".into(),
+            ..RegisterRequest::default()
+        })
+        .await
+        .unwrap();
+    let mail = mesh
+        .smtp
+        .wait_for("alice@example.com", "Confirm your email", Duration::from_secs(30))
+        .await
+        .expect("the verification email arrives at the SMTP server");
+    let text = mail.text();
+    assert!(text.contains("Hello Alice,"), "{text}");
+    let start = text.find("https://app.test/verify-email?token=").expect("a link")
+        + "https://app.test/verify-email?token=".len();
+    let token: String =
+        text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    assert!(token.len() >= 20, "token {token:?}");
+    identity.verify_email(VerifyEmailRequest { token }).await.expect("the link's token verifies");
+    mesh.identity
+        .login("alice@example.com", bank_testkit::identity::USER_PASSWORD)
+        .await
+        .expect("verified: login works");
+    assert!(mail.header("Message-ID").unwrap().ends_with("@bankmesh>"));
+
+    // Operators see it masked, without the body.
+    let admin = mesh.identity.admin().await.access_token;
+    let emails =
+        mesh.admin().await.list_sent_emails(bearer(ListSentEmailsRequest::default(), &admin)).await.unwrap();
+    let sent = emails.into_inner().emails;
+    let verification = sent.iter().find(|e| e.template == "verification").expect("listed");
+    assert_eq!(verification.recipient_masked, "a***@example.com");
+}
+
+#[tokio::test]
+async fn a_deposit_reaches_a_webhook_signed_after_two_failures_and_is_emailed() {
+    let mesh = mesh(true).await;
+    let bob = mesh.identity.user("bob@example.com").await;
+    let receiver = WebhookReceiver::start(&[500, 500, 200]).await;
+    let mut client = mesh.client().await;
+    let created = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: receiver.url("/hooks/bank"),
+                description: "bob's books".into(),
+                event_types: vec!["bank.events.v1.DepositPosted".into()],
+            },
+            &bob.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = created.signing_secret;
+    let endpoint = created.endpoint.unwrap().endpoint_id;
+    assert!(secret.starts_with("whsec_"));
+
+    let account = mesh.funded_account(&bob.user_id, "DE89370400440532013000", 123_450).await;
+
+    let received = receiver.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 3, "500, 500, then 200");
+    assert_eq!(received.iter().map(|r| r.answered).collect::<Vec<_>>(), vec![500, 500, 200]);
+    let event_id = received[0].header("bankmesh-event-id").unwrap().to_owned();
+    for (i, r) in received.iter().enumerate() {
+        assert_eq!(r.path, "/hooks/bank");
+        assert_eq!(r.header("bankmesh-event-id"), Some(event_id.as_str()), "the same event every time");
+        assert_eq!(r.header("bankmesh-delivery-attempt"), Some((i + 1).to_string().as_str()));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            webhooks::verify(r.header("bankmesh-signature").unwrap(), &r.body, &secret, now, 300),
+            "signature"
+        );
+        assert!(!webhooks::verify(r.header("bankmesh-signature").unwrap(), &r.body, "whsec_wrong", now, 300));
+    }
+    // Backoff between attempts: at least half of retry_base (400ms) doubling per attempt.
+    assert!(
+        received[1].at - received[0].at >= Duration::from_millis(200),
+        "{:?}",
+        received[1].at - received[0].at
+    );
+    assert!(
+        received[2].at - received[1].at >= Duration::from_millis(400),
+        "{:?}",
+        received[2].at - received[1].at
+    );
+    let body: serde_json::Value = serde_json::from_str(&received[2].body).unwrap();
+    assert_eq!(body["type"], "bank.events.v1.DepositPosted");
+    assert_eq!(body["id"], event_id.as_str());
+    assert_eq!(body["data"]["accountId"], account.as_str());
+    assert_eq!(body["data"]["amount"]["minorUnits"], "123450");
+
+    // The delivery log shows the three attempts and their codes.
+    let deliveries = client
+        .list_webhook_deliveries(bearer(
+            ListWebhookDeliveriesRequest {
+                endpoint_id: endpoint.clone(),
+                ..ListWebhookDeliveriesRequest::default()
+            },
+            &bob.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(deliveries.len(), 1);
+    let delivery = client
+        .get_webhook_delivery(bearer(
+            GetWebhookDeliveryRequest {
+                endpoint_id: endpoint.clone(),
+                delivery_id: deliveries[0].delivery_id.clone(),
+            },
+            &bob.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Succeeded as i32);
+    assert_eq!(delivery.attempts.iter().map(|a| a.http_status).collect::<Vec<_>>(), vec![500, 500, 200]);
+    assert_eq!(delivery.event_id, event_id);
+
+    // And the deposit email, with only the account's last four digits.
+    let mail = mesh
+        .smtp
+        .wait_for("bob@example.com", "Money deposited", Duration::from_secs(20))
+        .await
+        .expect("email");
+    let text = mail.text();
+    assert!(text.contains("1234.50 EUR was deposited to your account"), "{text}");
+    assert!(!text.contains("370400440532013000"), "never the full account number");
+
+    // Another user sees none of it.
+    let eve = mesh.identity.user("eve@example.com").await;
+    let hidden = client
+        .get_webhook_delivery(bearer(
+            GetWebhookDeliveryRequest { endpoint_id: endpoint, delivery_id: delivery.delivery_id },
+            &eve.tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn internal_targets_are_refused_unless_configured() {
+    let mesh = mesh(false).await;
+    let user = mesh.identity.user("carol@example.com").await;
+    let mut client = mesh.client().await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://10.0.0.8/",
+    ] {
+        let refused = client
+            .create_webhook_endpoint(bearer(
+                CreateWebhookEndpointRequest { url: url.into(), ..CreateWebhookEndpointRequest::default() },
+                &user.tokens.access_token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{url}");
+        assert_eq!(reason(&refused), "WEBHOOK_URL_NOT_ALLOWED", "{url}");
+    }
+    let unknown = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: "https://hooks.example.com/".into(),
+                event_types: vec!["bank.events.v1.PasswordResetRequested".into()],
+                ..CreateWebhookEndpointRequest::default()
+            },
+            &user.tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&unknown), "VALIDATION_FAILED", "secret-carrying events never go to webhooks");
+}
+
+#[tokio::test]
+async fn loopback_allowed_by_config_is_still_checked_per_network_and_test_sends_work() {
+    let mesh = mesh(true).await;
+    let user = mesh.identity.user("dan@example.com").await;
+    let mut client = mesh.client().await;
+    let metadata = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: "http://169.254.169.254/".into(),
+                ..CreateWebhookEndpointRequest::default()
+            },
+            &user.tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&metadata), "WEBHOOK_URL_NOT_ALLOWED", "only 127.0.0.0/8 was allowed");
+    let receiver = WebhookReceiver::start(&[]).await;
+    let endpoint = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: receiver.url("/t"),
+                ..CreateWebhookEndpointRequest::default()
+            },
+            &user.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = client
+        .send_test_webhook(bearer(
+            SendTestWebhookRequest { endpoint_id: endpoint.endpoint.unwrap().endpoint_id },
+            &user.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert!(sent.test);
+    assert_eq!(sent.status, DeliveryStatus::Succeeded as i32);
+    assert_eq!(sent.attempts.len(), 1);
+    assert_eq!(sent.attempts[0].http_status, 200);
+    let got = receiver.received().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("bankmesh-event-type"), Some("bank.events.v1.WebhookTest"));
+    assert!(webhooks::verify(
+        got[0].header("bankmesh-signature").unwrap(),
+        &got[0].body,
+        &endpoint.signing_secret,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        300
+    ));
+}
+
+#[tokio::test]
+async fn failed_logins_and_lockouts_reach_the_security_feed_and_lockouts_are_emailed() {
+    let mesh = mesh(true).await;
+    let user = mesh.identity.user("frank@example.com").await;
+    for _ in 0..6 {
+        let _ = mesh.identity.login(&user.email, "not the password at all").await;
+    }
+    let mail = mesh.smtp.wait_for("frank@example.com", "sign-in is locked", Duration::from_secs(30)).await;
+    assert!(mail.is_some(), "the lockout email arrives");
+    let admin = mesh.identity.admin().await.access_token;
+    let mut feed = mesh.admin().await;
+    let page = feed
+        .list_security_events(bearer(
+            ListSecurityEventsRequest {
+                user_id: user.user_id.clone(),
+                wait_seconds: 5,
+                ..ListSecurityEventsRequest::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
+    assert!(types.contains(&"bank.events.v1.LoginFailed"), "{types:?}");
+    assert!(types.contains(&"bank.events.v1.UserAccountLocked"), "{types:?}");
+    assert!(page.page_info.unwrap().next_page_token.len() > 2, "resumable");
+    // Customers are refused the admin feed.
+    let refused = feed
+        .list_security_events(bearer(ListSecurityEventsRequest::default(), &user.tokens.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
