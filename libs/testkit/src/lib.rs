@@ -14,6 +14,7 @@
 mod database;
 pub mod identity;
 pub mod probe;
+pub mod process;
 mod proxy;
 pub mod receiver;
 mod redis_ns;
@@ -22,6 +23,7 @@ mod spawn;
 
 pub use database::TestDatabase;
 pub use identity::{TestIdentity, TestUser, TotpDevice, bearer};
+pub use process::ServiceProcess;
 pub use proxy::TcpProxy;
 pub use receiver::WebhookReceiver;
 pub use redis_ns::TestRedis;
