@@ -86,7 +86,11 @@ impl ServiceProcess {
 
     /// A channel to it.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url()).expect("endpoint").connect().await.expect("connect")
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
     }
 }
 

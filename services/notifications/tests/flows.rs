@@ -16,49 +16,74 @@ use bank_proto::{
         ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
     },
     notifications::v1::{
-        CreateWebhookEndpointRequest, DeliveryStatus, GetWebhookDeliveryRequest, ListSecurityEventsRequest,
-        ListSentEmailsRequest, ListWebhookDeliveriesRequest, SendTestWebhookRequest,
+        CreateWebhookEndpointRequest, DeadLetterStatus, DeliveryStatus, EventPreference,
+        GetNotificationPreferencesRequest, GetWebhookDeliveryRequest, GetWebhookEndpointRequest,
+        ListDeadLettersRequest, ListLowBalanceAlertsRequest, ListSecurityEventsRequest,
+        ListSentEmailsRequest, ListWebhookDeliveriesRequest, NotificationChannel, RetryDeadLetterRequest,
+        SendTestWebhookRequest, SetLowBalanceAlertRequest, UpdateNotificationPreferencesRequest,
+        UpdateWebhookEndpointRequest, WebhookEndpointStatus,
         notifications_admin_service_client::NotificationsAdminServiceClient,
         notifications_service_client::NotificationsServiceClient,
     },
 };
 use bank_testkit::{Options, SmtpSink, TestApp, TestIdentity, WebhookReceiver, bearer, spawn_with};
+use figment::value::Value;
 
 struct Mesh {
     identity: TestIdentity,
     ledger: TestApp,
+    accounts: TestApp,
     notifications: TestApp,
     smtp: SmtpSink,
+    /// The Redis key prefix of this mesh (identity's stream is `<ns>events`).
+    ns: String,
 }
 
 async fn mesh(allow_loopback: bool) -> Mesh {
+    mesh_with(allow_loopback, &[]).await
+}
+
+/// identity, ledger, accounts and notifications (consuming the three streams), a local SMTP
+/// server; `extra` settings for notifications.
+async fn mesh_with(allow_loopback: bool, extra: &[(&str, Value)]) -> Mesh {
     let identity = TestIdentity::spawn().await;
     let ns = identity.app.redis().unwrap().prefix().to_owned();
     let ledger = spawn_with::<Ledger>(
         identity.trust(Options::default()).set("redis.key_prefix", format!("{ns}ledger:")),
     )
     .await;
-    let smtp = SmtpSink::start().await;
-    let networks: Vec<String> = if allow_loopback { vec!["127.0.0.0/8".to_owned()] } else { Vec::new() };
-    let notifications = spawn_with::<Notifications>(
+    let accounts = spawn_with::<bank_accounts::Accounts>(
         identity
             .trust(Options::default())
-            .set("redis.key_prefix", format!("{ns}notifications:"))
-            .set("ledger_url", format!("http://{}", ledger.addr))
-            .set("consumer.streams", vec![format!("{ns}events"), format!("{ns}ledger:events")])
-            .set("consumer.block", "200ms")
-            .set("consumer.claim_idle", "1s")
-            .set("email.smtp_host", "127.0.0.1")
-            .set("email.smtp_port", i64::from(smtp.port()))
-            .set("email.smtp_tls", "none")
-            .set("email.link_base_url", "https://app.test")
-            .set("email.retry_base", "100ms")
-            .set("webhooks.allow_http", true)
-            .set("webhooks.allowed_networks", networks)
-            .set("webhooks.retry_base", "400ms"),
+            .set("redis.key_prefix", format!("{ns}accounts:"))
+            .set("ledger_url", format!("http://{}", ledger.addr)),
     )
     .await;
-    Mesh { identity, ledger, notifications, smtp }
+    let smtp = SmtpSink::start().await;
+    let networks: Vec<String> = if allow_loopback { vec!["127.0.0.0/8".to_owned()] } else { Vec::new() };
+    let mut options = identity
+        .trust(Options::default())
+        .set("redis.key_prefix", format!("{ns}notifications:"))
+        .set("ledger_url", format!("http://{}", ledger.addr))
+        .set(
+            "consumer.streams",
+            vec![format!("{ns}events"), format!("{ns}ledger:events"), format!("{ns}accounts:events")],
+        )
+        .set("consumer.block", "200ms")
+        .set("consumer.claim_idle", "1s")
+        .set("email.smtp_host", "127.0.0.1")
+        .set("email.smtp_port", i64::from(smtp.port()))
+        .set("email.smtp_tls", "none")
+        .set("email.link_base_url", "https://app.test")
+        .set("email.retry_base", "100ms")
+        .set("webhooks.allow_http", true)
+        .set("webhooks.allowed_networks", networks)
+        .set("webhooks.retry_base", "400ms");
+    for (key, value) in extra {
+        options = options.set(key, value.clone());
+    }
+    let notifications = spawn_with::<Notifications>(options).await;
+    Mesh { identity, ledger, accounts, notifications, smtp, ns }
 }
 
 impl Mesh {
@@ -387,4 +412,387 @@ async fn failed_logins_and_lockouts_reach_the_security_feed_and_lockouts_are_ema
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
+
+async fn open_account(mesh: &Mesh, token: &str) -> (String, String) {
+    let account = bank_proto::accounts::v1::accounts_service_client::AccountsServiceClient::new(
+        mesh.accounts.channel().await,
+    )
+    .open_account(keyed(
+        bank_proto::accounts::v1::OpenAccountRequest {
+            product: bank_proto::accounts::v1::AccountProduct::Checking as i32,
+            currency: "EUR".into(),
+            nickname: String::new(),
+        },
+        token,
+        &uuid::Uuid::now_v7().to_string(),
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .account
+    .unwrap();
+    (account.account_id, account.account_number)
+}
+
+fn keyed<T>(message: T, token: &str, key: &str) -> tonic::Request<T> {
+    let mut request = bearer(message, token);
+    request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+async fn deposit(mesh: &Mesh, account: &str, minor_units: i64) {
+    let admin = mesh.identity.admin().await.access_token;
+    LedgerAdminServiceClient::new(mesh.ledger.channel().await)
+        .create_deposit(keyed(
+            CreateDepositRequest {
+                account_id: account.into(),
+                amount: Some(Money { currency: "EUR".into(), minor_units }),
+                reason: "test".into(),
+                ..CreateDepositRequest::default()
+            },
+            &admin,
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap();
+}
+
+async fn send(mesh: &Mesh, token: &str, from: &str, to_number: &str, minor_units: i64) {
+    LedgerServiceClient::new(mesh.ledger.channel().await)
+        .create_transfer(keyed(
+            bank_proto::ledger::v1::CreateTransferRequest {
+                from_account_id: from.into(),
+                destination: Some(
+                    bank_proto::ledger::v1::create_transfer_request::Destination::ToAccountNumber(
+                        to_number.into(),
+                    ),
+                ),
+                amount: Some(Money { currency: "EUR".into(), minor_units }),
+                description: String::new(),
+                fx_quote_id: String::new(),
+            },
+            token,
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap();
+}
+
+async fn count_mails(smtp: &SmtpSink, to: &str, subject: &str) -> usize {
+    smtp.mails()
+        .await
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == to) && m.subject().contains(subject))
+        .count()
+}
+
+async fn wait_mails(smtp: &SmtpSink, to: &str, subject: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count_mails(smtp, to, subject).await < n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} x {subject:?} to {to} never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn low_balance_alerts_fire_once_per_crossing_and_preferences_are_kept() {
+    let mesh = mesh(true).await;
+    let gina = mesh.identity.user("gina@example.com").await;
+    let token = gina.tokens.access_token.clone();
+    let (main, _) = open_account(&mesh, &token).await;
+    let (_, savings_number) = open_account(&mesh, &token).await;
+    let mut client = mesh.client().await;
+
+    // Defaults: deposits by email and webhook; lockouts by email, which cannot be turned off.
+    let prefs = client
+        .get_notification_preferences(bearer(GetNotificationPreferencesRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences;
+    let of = |prefs: &[EventPreference], t: &str| prefs.iter().find(|p| p.event_type == t).unwrap().clone();
+    let email = NotificationChannel::Email as i32;
+    let webhook = NotificationChannel::Webhook as i32;
+    assert_eq!(of(&prefs, "bank.events.v1.DepositPosted").channels, vec![email, webhook]);
+    assert_eq!(of(&prefs, "bank.events.v1.UserAccountLocked").mandatory_channels, vec![email]);
+    let updated = client
+        .update_notification_preferences(bearer(
+            UpdateNotificationPreferencesRequest {
+                preferences: vec![
+                    EventPreference {
+                        event_type: "bank.events.v1.UserAccountLocked".into(),
+                        ..EventPreference::default()
+                    },
+                    EventPreference {
+                        event_type: "bank.events.v1.WithdrawalPosted".into(),
+                        channels: vec![webhook],
+                        ..EventPreference::default()
+                    },
+                ],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences;
+    assert_eq!(of(&updated, "bank.events.v1.UserAccountLocked").channels, vec![email], "mandatory stays on");
+    assert_eq!(of(&updated, "bank.events.v1.WithdrawalPosted").channels, vec![webhook]);
+    let bad = client
+        .update_notification_preferences(bearer(
+            UpdateNotificationPreferencesRequest {
+                preferences: vec![EventPreference {
+                    event_type: "bank.events.v1.PasswordResetRequested".into(),
+                    channels: vec![webhook],
+                    ..EventPreference::default()
+                }],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&bad), "VALIDATION_FAILED");
+
+    // The alert needs notifications to know the account (from AccountOpened); then 50.00.
+    let threshold = Some(Money { currency: "EUR".into(), minor_units: 5_000 });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        let set = client
+            .set_low_balance_alert(bearer(
+                SetLowBalanceAlertRequest {
+                    account_id: main.clone(),
+                    threshold: threshold.clone(),
+                    enabled: true,
+                },
+                &token,
+            ))
+            .await;
+        match set {
+            Ok(answer) => break answer.into_inner().alert.unwrap(),
+            Err(status)
+                if status.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    assert!(alert.enabled);
+    let eve = mesh.identity.user("eve2@example.com").await;
+    let foreign = client
+        .set_low_balance_alert(bearer(
+            SetLowBalanceAlertRequest {
+                account_id: main.clone(),
+                threshold: threshold.clone(),
+                enabled: true,
+            },
+            &eve.tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), tonic::Code::NotFound, "someone else's account is unknown");
+
+    // 100.00 in; 60.00 out -> 40.00: one alert; 5.00 more out: none; 20.00 in -> 55.00 re-arms;
+    // 10.00 out -> 45.00: the second alert.
+    deposit(&mesh, &main, 10_000).await;
+    wait_mails(&mesh.smtp, "gina@example.com", "Money deposited", 1).await;
+    send(&mesh, &token, &main, &savings_number, 6_000).await;
+    wait_mails(&mesh.smtp, "gina@example.com", "Low balance", 1).await;
+    send(&mesh, &token, &main, &savings_number, 500).await;
+    deposit(&mesh, &main, 2_000).await;
+    wait_mails(&mesh.smtp, "gina@example.com", "Money deposited", 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = client
+            .list_low_balance_alerts(bearer(ListLowBalanceAlertsRequest::default(), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        if alerts[0].armed {
+            assert!(alerts[0].last_triggered_at.is_some());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "re-armed above the threshold");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send(&mesh, &token, &main, &savings_number, 1_000).await;
+    wait_mails(&mesh.smtp, "gina@example.com", "Low balance", 2).await;
+    let mail = mesh.smtp.wait_for("gina@example.com", "Low balance", Duration::from_secs(1)).await.unwrap();
+    assert!(mail.text().contains("below the 50.00 EUR you asked us to watch"), "{}", mail.text());
+    assert_eq!(count_mails(&mesh.smtp, "gina@example.com", "Low balance").await, 2, "once per crossing");
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_can_be_put_back() {
+    let mesh = mesh_with(true, &[("consumer.max_attempts", 2.into())]).await;
+    let stream = format!("{}events", mesh.ns);
+    let client = redis::Client::open(bank_testkit::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("id")
+        .arg(&event_id)
+        .arg("type")
+        .arg("bank.events.v1.DepositPosted")
+        .arg("source")
+        .arg("ledger")
+        .arg("payload")
+        .arg(&[0xff_u8, 0xff, 0xff, 0x01][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let admin = mesh.identity.admin().await.access_token;
+    let mut ops = mesh.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let letter = loop {
+        let letters = ops
+            .list_dead_letters(bearer(ListDeadLettersRequest::default(), &admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        if let Some(letter) = letters.into_iter().find(|l| l.event_id == event_id) {
+            break letter;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "dead-lettered after 2 attempts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter.stream, stream);
+    assert_eq!(letter.attempts, 2);
+    assert!(letter.last_error.contains("does not decode"), "{}", letter.last_error);
+    let dlq_len: i64 = redis::cmd("XLEN")
+        .arg(format!("{}notifications:dead-letters", mesh.ns))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dlq_len, 1, "also on the dead-letter stream");
+
+    let missing_reason = ops
+        .retry_dead_letter(bearer(
+            RetryDeadLetterRequest { dead_letter_id: letter.dead_letter_id.clone(), reason: String::new() },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&missing_reason), "VALIDATION_FAILED");
+    let retried = ops
+        .retry_dead_letter(bearer(
+            RetryDeadLetterRequest {
+                dead_letter_id: letter.dead_letter_id.clone(),
+                reason: "fixed the producer".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letter
+        .unwrap();
+    assert_eq!(retried.status, DeadLetterStatus::Retried as i32);
+    let again = ops
+        .retry_dead_letter(bearer(
+            RetryDeadLetterRequest { dead_letter_id: letter.dead_letter_id, reason: "twice".into() },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&again), "DEAD_LETTER_STATE_CONFLICT");
+    // Back on the stream, it fails again and is dead-lettered a second time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let letters = ops
+            .list_dead_letters(bearer(ListDeadLettersRequest::default(), &admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        if letters.iter().filter(|l| l.event_id == event_id).count() == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "requeued and dead-lettered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_persistently_failing_endpoint_trips_its_breaker_and_its_owner_is_told() {
+    let mesh = mesh_with(
+        true,
+        &[
+            ("webhooks.max_attempts", 2.into()),
+            ("webhooks.breaker_threshold", 2.into()),
+            ("webhooks.retry_base", "100ms".into()),
+        ],
+    )
+    .await;
+    let hana = mesh.identity.user("hana@example.com").await;
+    let token = hana.tokens.access_token.clone();
+    let receiver = WebhookReceiver::start(&[500, 503, 500, 500]).await;
+    let mut client = mesh.client().await;
+    let endpoint = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: receiver.url("/down"),
+                ..CreateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    mesh.funded_account(&hana.user_id, "DE12500105170648489890", 5_000).await;
+    wait_mails(&mesh.smtp, "hana@example.com", "webhook endpoint was disabled", 1).await;
+    wait_mails(&mesh.smtp, "hana@example.com", "webhook delivery failed", 1).await;
+    let now = client
+        .get_webhook_endpoint(bearer(
+            GetWebhookEndpointRequest { endpoint_id: endpoint.endpoint_id.clone() },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(now.status, WebhookEndpointStatus::Failing as i32);
+    assert_eq!(now.consecutive_failures, 2);
+    assert!(now.disabled_reason.contains("HTTP 503"), "{}", now.disabled_reason);
+    assert_eq!(receiver.received().await.len(), 2, "nothing more while the breaker is open");
+    let admin = mesh.identity.admin().await.access_token;
+    let letters = mesh
+        .admin()
+        .await
+        .list_dead_letters(bearer(
+            ListDeadLettersRequest { stream: "webhooks".into(), ..ListDeadLettersRequest::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_type, "bank.events.v1.DepositPosted");
+    // The owner re-enables it: the breaker resets.
+    let enabled = client
+        .update_webhook_endpoint(bearer(
+            UpdateWebhookEndpointRequest {
+                endpoint_id: endpoint.endpoint_id,
+                url: endpoint.url,
+                enabled: true,
+                ..UpdateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(enabled.status, WebhookEndpointStatus::Active as i32);
+    assert_eq!(enabled.consecutive_failures, 0);
 }

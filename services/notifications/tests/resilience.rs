@@ -10,8 +10,9 @@ use std::{collections::HashMap, time::Duration};
 use bank_proto::{
     common::v1::Money,
     ledger::v1::{
-        CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest, create_transfer_request::Destination,
-        ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
+        CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest,
+        create_transfer_request::Destination, ledger_admin_service_client::LedgerAdminServiceClient,
+        ledger_service_client::LedgerServiceClient,
     },
 };
 use bank_testkit::{
@@ -84,7 +85,8 @@ async fn transfer_all(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let current = channel.read().await.clone();
-            match LedgerServiceClient::new(current).create_transfer(keyed(message.clone(), token, key)).await {
+            match LedgerServiceClient::new(current).create_transfer(keyed(message.clone(), token, key)).await
+            {
                 Ok(_) => break,
                 Err(status) => {
                     assert!(tokio::time::Instant::now() < deadline, "{key} never succeeded: {status:?}");
@@ -133,7 +135,11 @@ async fn every_committed_transfer_is_notified_exactly_once_through_kills_and_a_r
     }
     LedgerAdminServiceClient::new(channel.read().await.clone())
         .create_deposit(keyed(
-            CreateDepositRequest { account_id: from.clone(), amount: eur(10_000_000), ..CreateDepositRequest::default() },
+            CreateDepositRequest {
+                account_id: from.clone(),
+                amount: eur(10_000_000),
+                ..CreateDepositRequest::default()
+            },
             &admin,
             "seed",
         ))
@@ -157,7 +163,8 @@ async fn every_committed_transfer_is_notified_exactly_once_through_kills_and_a_r
     //    their unknown outcomes with the same keys.
     {
         let load = async {
-            let batches: Vec<Vec<_>> = (0..4).map(|c| (0..10).map(|i| transfer(c * 10 + i)).collect()).collect();
+            let batches: Vec<Vec<_>> =
+                (0..4).map(|c| (0..10).map(|i| transfer(c * 10 + i)).collect()).collect();
             futures::future::join_all(batches.iter().map(|b| transfer_all(&channel, &token, b))).await;
         };
         let chaos = async {
