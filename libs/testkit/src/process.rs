@@ -58,10 +58,10 @@ impl ServiceProcess {
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read its output") {
-                if let Ok(json) = serde_json_line(&line) {
-                    if json.0 == "started" {
-                        return json.1;
-                    }
+                if let Ok((message, grpc)) = serde_json_line(&line)
+                    && message == "started"
+                {
+                    return grpc;
                 }
             }
             panic!("{} exited before starting", binary.display());
