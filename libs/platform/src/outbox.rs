@@ -67,6 +67,9 @@ pub struct RelayOptions {
     pub idle: std::time::Duration,
     /// Published rows are kept this long (the replay window), then deleted.
     pub retain: std::time::Duration,
+    /// The stream is trimmed to about this many entries (`XADD MAXLEN ~`), so Redis memory stays
+    /// bounded; consumers far behind that read the rest from the outbox's replay window.
+    pub max_len: u64,
 }
 
 impl RelayOptions {
@@ -79,6 +82,7 @@ impl RelayOptions {
             batch: 500,
             idle: std::time::Duration::from_millis(200),
             retain: std::time::Duration::from_secs(7 * 24 * 3600),
+            max_len: 1_000_000,
         }
     }
 }
@@ -134,6 +138,9 @@ pub async fn relay_once(
         let time = occurred_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         pipe.cmd("XADD")
             .arg(&options.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(options.max_len)
             .arg("*")
             .arg("id")
             .arg(event_id.to_string())

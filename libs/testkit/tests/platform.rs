@@ -235,6 +235,7 @@ async fn the_outbox_relay_publishes_in_order_survives_a_redis_outage_and_purges_
         batch: 2,
         idle: Duration::from_millis(10),
         retain: Duration::from_secs(3600),
+        max_len: 1000,
     };
     let publish = |n: usize| {
         let pool = pool.clone();

@@ -430,7 +430,13 @@ const CLAIMED_COLUMNS: &str = "d.delivery_id, d.endpoint_id, d.event_id, d.event
 impl Dispatcher {
     /// Runs until `stop`.
     pub async fn run(self, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+        let mut last_gauges =
+            Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         loop {
+            if last_gauges.elapsed() >= Duration::from_secs(15) {
+                last_gauges = Instant::now();
+                self.breaker_gauges().await;
+            }
             let worked = match self.round().await {
                 Ok(n) => n,
                 Err(err) => {
@@ -446,6 +452,31 @@ impl Dispatcher {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(self.config.interval) => {}
             }
+        }
+    }
+
+    /// `notifications_webhook_endpoints{status}`: how many endpoints are active, disabled by their
+    /// owner, or failing (breaker open); and the deliveries waiting.
+    async fn breaker_gauges(&self) {
+        let counts: Result<Vec<(String, i64)>, _> =
+            sqlx::query_as("SELECT status, count(*) FROM webhook_endpoints GROUP BY status")
+                .fetch_all(&self.pool)
+                .await;
+        if let Ok(counts) = counts {
+            for status in ["active", "disabled", "failing"] {
+                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("notifications_webhook_endpoints", "status" => status).set(n as f64);
+            }
+        }
+        let waiting: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE status IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok(n) = waiting {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("notifications_webhook_deliveries_waiting").set(n as f64);
         }
     }
 
