@@ -30,6 +30,7 @@ grpc_services=(identity accounts ledger cards notifications)
 declare -A grpc_port=([identity]=50051 [accounts]=50052 [ledger]=50053 [cards]=50054 [notifications]=50055)
 declare -A admin_port=([identity]=9101 [accounts]=9102 [ledger]=9103 [cards]=9104 [notifications]=9105 [gateway]=9106)
 gateway_port=$((8080 + offset))
+mail_port=$((1025 + offset))
 for svc in "${!grpc_port[@]}"; do grpc_port[$svc]=$((grpc_port[$svc] + offset)); done
 for svc in "${!admin_port[@]}"; do admin_port[$svc]=$((admin_port[$svc] + offset)); done
 
@@ -55,7 +56,7 @@ log "building (${profile})"
 if [ "$profile" = release ]; then cargo build --release --workspace --bins; else cargo build --workspace --bins; fi
 bin="target/${profile}"
 
-for port in "${grpc_port[@]}" "${admin_port[@]}" "$gateway_port"; do
+for port in "${grpc_port[@]}" "${admin_port[@]}" "$gateway_port" "$mail_port"; do
   port_open "$port" && die "port $port is already in use (another mesh running?)"
 done
 
@@ -69,13 +70,14 @@ rm -f "$dev/up"
 random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '\n/+=' | head -c "$2"; }
 [ -s "$dev/secrets/kek" ] || head -c 32 /dev/urandom | base64 > "$dev/secrets/kek"
 [ -s "$dev/secrets/admin" ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > "$dev/secrets/admin"
-if [ ! -s "$dev/secrets/clients" ]; then
+# (Regenerated when an older checkout's file lacks a scope a service now needs.)
+if [ ! -s "$dev/secrets/clients" ] || ! grep -q '^notifications:.*ledger:accounts' "$dev/secrets/clients"; then
   {
     echo "# client_id:secret:scopes — service clients identity provisions at start"
     echo "accounts:$(random_secret 48 32):identity:introspect,ledger:accounts,ledger:read"
     echo "ledger:$(random_secret 48 32):identity:introspect"
     echo "cards:$(random_secret 48 32):identity:introspect,ledger:holds"
-    echo "notifications:$(random_secret 48 32):identity:introspect"
+    echo "notifications:$(random_secret 48 32):identity:introspect,ledger:accounts"
     echo "gateway:$(random_secret 48 32):identity:introspect"
   } > "$dev/secrets/clients"
 fi
@@ -106,6 +108,10 @@ start() {
   pids+=("$!")
 }
 
+# The development mail sink: notifications sends every email here over SMTP; read them in $dev/mail.
+python3 scripts/dev-mail.py --port "$mail_port" --dir "$dev/mail" >"$dev/logs/mail.log" 2>&1 &
+pids+=("$!")
+
 start identity \
   BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[identity]}" \
   BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[identity]}" \
@@ -115,9 +121,16 @@ start identity \
   BANK_AUTH__REDIS_PREFIX="${redis_prefix}auth:" \
   BANK_KEYS__KEK_FILE="$dev/secrets/kek" \
   BANK_BOOTSTRAP__ADMIN_FILE="$dev/secrets/admin" \
-  BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE="$dev/secrets/clients" \
-  BANK_EMAIL__DEV_MAIL_LOG="$dev/mail.log"
-declare -A extra=([accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}")
+  BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE="$dev/secrets/clients"
+streams="[\"${redis_prefix}identity:events\",\"${redis_prefix}accounts:events\",\"${redis_prefix}ledger:events\",\"${redis_prefix}cards:events\"]"
+declare -A extra=(
+  [accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}"
+  [notifications]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]} BANK_CONSUMER__STREAMS=${streams}
+    BANK_EMAIL__SMTP_HOST=127.0.0.1 BANK_EMAIL__SMTP_PORT=${mail_port} BANK_EMAIL__SMTP_TLS=none
+    BANK_EMAIL__FROM=bankmesh-dev<no-reply@bankmesh.local> BANK_EMAIL__LINK_BASE_URL=http://localhost:3000
+    BANK_WEBHOOKS__ALLOW_HTTP=true BANK_WEBHOOKS__ALLOWED_NETWORKS=[\"127.0.0.0/8\"]"
+)
+set -f # the extra settings hold JSON lists: split them into words, never glob them
 for svc in accounts ledger cards notifications; do
   # shellcheck disable=SC2086 # extra settings are KEY=VALUE words
   start "$svc" ${extra[$svc]:-} \
@@ -131,6 +144,7 @@ for svc in accounts ledger cards notifications; do
     BANK_AUTH__CLIENT_ID="$svc" \
     BANK_AUTH__CLIENT_SECRET_FILE="$dev/secrets/client-${svc}"
 done
+set +f
 # The gateway: plain HTTP locally, so no HSTS; browsers of a local frontend may call it.
 # shellcheck disable=SC2086 # DEV_GATEWAY_SETTINGS is a list of KEY=VALUE words
 start gateway \
@@ -184,7 +198,7 @@ printf '  %-14s %-18s http://127.0.0.1:%s   (REST)\n' gateway "http://127.0.0.1:
 cat <<INFO
 
   logs:      ${dev}/logs/<service>.log
-  emails:    ${dev}/mail.log   (verification and password-reset tokens, until notifications sends mail)
+  emails:    ${dev}/mail/index   (one line per email; read ${dev}/mail/<n>.txt; SMTP sink on 127.0.0.1:${mail_port})
   admin:     ${dev}/secrets/admin   (email:password of the first admin)
   databases: postgres://postgres@127.0.0.1:5432/${db_prefix}<service>
   try:       grpcurl -plaintext 127.0.0.1:${grpc_port[identity]} list

@@ -22,7 +22,7 @@ if [ ! -s "$dir/kek" ]; then
     [accounts]="identity:introspect,ledger:accounts,ledger:read"
     [ledger]="identity:introspect"
     [cards]="identity:introspect,ledger:holds"
-    [notifications]="identity:introspect"
+    [notifications]="identity:introspect,ledger:accounts"
     [gateway]="identity:introspect"
   )
   echo "# client_id:secret:scopes — service clients identity provisions at start" > "$dir/service-clients"
@@ -39,6 +39,4 @@ chown 999:999 "$dir/postgres-password"
 find "$dir" -type f ! -name postgres-password -exec chown 10001:10001 {} +
 chmod 0400 "$dir"/*
 chmod 0755 "$dir"
-# Identity's development mail log (BANK_EMAIL__DEV_MAIL_LOG) lives in the `mail` volume.
-mkdir -p /mail && touch /mail/mail.log && chown -R 10001:10001 /mail && chmod 0755 /mail && chmod 0644 /mail/mail.log
 echo "dev-secrets: first admin (development only): $(cat "$dir/admin")"

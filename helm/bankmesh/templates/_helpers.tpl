@@ -76,7 +76,8 @@ app.kubernetes.io/component: {{ .svc }}
 {{/*
 Who calls whom (gRPC), from the code: every service verifies tokens against identity (JWKS, token
 status) and fetches service tokens there; accounts calls the ledger (sagas, statements); cards will
-call the ledger (holds) when the cards issue lands; the gateway calls every service. NetworkPolicies
+call the ledger (holds) when the cards issue lands; notifications calls the ledger (low-balance
+thresholds); the gateway calls every service. NetworkPolicies
 are generated from this one table.
 */}}
 {{- define "bankmesh.callees" -}}
@@ -84,7 +85,7 @@ identity: []
 accounts: [identity, ledger]
 ledger: [identity]
 cards: [identity, ledger]
-notifications: [identity]
+notifications: [identity, ledger]
 gateway: [identity, accounts, ledger, cards, notifications]
 {{- end -}}
 
@@ -115,6 +116,7 @@ notifications:
   - {key: database-url, env: BANK_DATABASE__URL_FILE, optional: false}
   - {key: redis-url, env: BANK_REDIS__URL_FILE, optional: false}
   - {key: client-secret, env: BANK_AUTH__CLIENT_SECRET_FILE, optional: false}
+  - {key: smtp-password, env: BANK_EMAIL__SMTP_PASSWORD_FILE, optional: true}
 gateway:
   - {key: redis-url, env: BANK_REDIS__URL_FILE, optional: false}
   - {key: client-secret, env: BANK_AUTH__CLIENT_SECRET_FILE, optional: false}
@@ -159,6 +161,12 @@ auth:
 {{- end }}
 {{- if eq $svc "accounts" }}
 ledger_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "ledger") | quote }}
+{{- end }}
+{{- if eq $svc "notifications" }}
+ledger_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "ledger") | quote }}
+consumer:
+  {{- /* The producing services' streams: <their redis.key_prefix>events (see redis above). */}}
+  streams: ["bank:identity:events", "bank:accounts:events", "bank:ledger:events", "bank:cards:events"]
 {{- end }}
 {{- if eq $svc "gateway" }}
 upstreams:

@@ -1,6 +1,6 @@
 //! The identity service's configuration. Every setting is listed in the README.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use bank_auth::AuthConfig;
 use bank_platform::config::{self, DatabaseConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
@@ -228,19 +228,11 @@ pub struct EmailConfig {
     /// Lifetime of password reset tokens.
     #[serde(with = "humantime_serde")]
     pub reset_ttl: Duration,
-    /// Development only (refused when `BANK_ENV` is production or staging): append every email
-    /// identity asks for (verification and reset links) to this file, so a person running the dev
-    /// stack can finish sign-up before the notifications service delivers real email.
-    pub dev_mail_log: Option<PathBuf>,
 }
 
 impl Default for EmailConfig {
     fn default() -> Self {
-        Self {
-            verification_ttl: Duration::from_secs(24 * 3600),
-            reset_ttl: Duration::from_secs(15 * 60),
-            dev_mail_log: None,
-        }
+        Self { verification_ttl: Duration::from_secs(24 * 3600), reset_ttl: Duration::from_secs(15 * 60) }
     }
 }
 

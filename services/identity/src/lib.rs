@@ -50,13 +50,6 @@ impl Service for Identity {
     }
 
     async fn build(config: Config) -> Result<App, BoxError> {
-        if config.email.dev_mail_log.is_some()
-            && bank_platform::config::Sources::from_process().environment().is_production_like()
-        {
-            return Err(
-                "email.dev_mail_log: refused outside development (BANK_ENV is production or staging)".into(),
-            );
-        }
         let pool = db::connect(&config.database, &MIGRATOR).await?;
         let redis = redis::connect(&config.redis).await?;
         let kek = keys::Kek::parse(&config.keys.kek).map_err(|m| format!("keys.kek: {m}"))?;
@@ -90,7 +83,6 @@ impl Service for Identity {
             issuer,
             hasher,
             config: config.clone(),
-            mail_log: config.email.dev_mail_log.clone().map(state::DevMailLog::new),
         };
         bootstrap::run(&state).await?;
         // Not fatal: until it succeeds (the background task retries), verifiers ask identity.

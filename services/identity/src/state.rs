@@ -1,13 +1,12 @@
 //! What every identity handler shares, and the write side of revocation.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bank_auth::{Claims, RevocationKeys, StatusSource, TokenStatus};
 use bank_platform::redis::Redis;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt as _;
 use uuid::Uuid;
 
 use crate::{config::Config, hashing::Hasher, keys::Keys, storage, tokens::Issuer};
@@ -27,8 +26,6 @@ pub struct State {
     pub hasher: Hasher,
     /// Settings.
     pub config: Arc<Config>,
-    /// Development mail log, when configured.
-    pub mail_log: Option<DevMailLog>,
 }
 
 /// Writes the shared revocation keys in Redis after identity's database committed the change.
@@ -252,38 +249,5 @@ impl StatusSource for LocalStatus {
                 .map(|(status, _)| status)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))
         })
-    }
-}
-
-/// Development only: the emails identity asks for, appended to a file a person can read.
-#[derive(Debug, Clone)]
-pub struct DevMailLog {
-    path: PathBuf,
-}
-
-impl DevMailLog {
-    /// Appends to `path`.
-    #[must_use]
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-
-    /// Appends one message.
-    pub async fn write(&self, to: &str, subject: &str, body: &str) {
-        let text = format!(
-            "----- {} -----\nTo: {to}\nSubject: {subject}\n\n{body}\n\n",
-            OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        );
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await;
-        match file {
-            Ok(mut file) => {
-                if let Err(err) = file.write_all(text.as_bytes()).await {
-                    tracing::warn!(error = %err, "writing the dev mail log failed");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "opening the dev mail log failed"),
-        }
     }
 }

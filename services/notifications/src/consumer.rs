@@ -224,9 +224,30 @@ impl Consumer {
             return self.dead_letter(stream, entry, delivered - 1).await;
         }
         let outcome = match envelope(entry) {
-            Ok(envelope) => inbox::apply(&self.pool, &self.decoder, &self.settings, &envelope)
+            Ok(envelope) => {
+                // Continue the producer's trace: the request that caused the event is the parent.
+                let span = tracing::info_span!(
+                    "consume",
+                    event_id = %envelope.id,
+                    event_type = %envelope.event_type,
+                    trace_id = tracing::field::Empty
+                );
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = http::HeaderValue::from_str(&envelope.traceparent) {
+                    headers.insert("traceparent", value);
+                }
+                let trace_id = bank_platform::telemetry::adopt_remote_parent(
+                    &span,
+                    bank_platform::telemetry::extract_context(&headers),
+                );
+                span.record("trace_id", trace_id);
+                tracing::Instrument::instrument(
+                    inbox::apply(&self.pool, &self.decoder, &self.settings, &envelope),
+                    span,
+                )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+            }
             Err(malformed) => Err(malformed),
         };
         match outcome {

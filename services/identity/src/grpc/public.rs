@@ -214,7 +214,7 @@ impl Api {
         user: &UserRow,
         email: &str,
         purpose: Purpose,
-    ) -> Result<Option<(String, String)>, Status> {
+    ) -> Result<(), Status> {
         let token = tokens::opaque();
         let expires_at = Self::now() + self.state.config.email.verification_ttl;
         email_tokens::replace(conn, user.user_id, purpose, email, &tokens::digest(&token), expires_at)
@@ -239,13 +239,7 @@ impl Api {
         )
         .await
         .map_err(internal)?;
-        Ok(Some((email.to_owned(), format!("Verify your email address with this token:\n\n  {token}\n"))))
-    }
-
-    async fn dev_mail(&self, mail: Option<(String, String)>, subject: &str) {
-        if let (Some(log), Some((to, body))) = (&self.state.mail_log, mail) {
-            log.write(&to, subject, &body).await;
-        }
+        Ok(())
     }
 }
 
@@ -300,7 +294,7 @@ impl IdentityService for Api {
         )
         .await
         .map_err(internal)?;
-        let mail = match inserted {
+        match inserted {
             Some(user) => {
                 users::add_history(&mut tx, user.user_id, &hash, self.state.config.password.history)
                     .await
@@ -317,13 +311,12 @@ impl IdentityService for Api {
                 )
                 .await
                 .map_err(internal)?;
-                let mail = self.send_verification(&mut tx, &user, &user.email, Purpose::VerifyEmail).await?;
+                self.send_verification(&mut tx, &user, &user.email, Purpose::VerifyEmail).await?;
                 let mut audit = entry(&ctx, "user.register", "success");
                 audit.actor_id = user.user_id.to_string();
                 audit.target_type = "user";
                 audit.target_id = user.user_id.to_string();
                 audit::append(&mut tx, audit).await.map_err(internal)?;
-                mail
             }
             None => {
                 // Taken: the same answer; an unverified owner gets a fresh verification email.
@@ -332,21 +325,17 @@ impl IdentityService for Api {
                 audit.actor_type = "anonymous";
                 audit.reason = "address already registered".to_owned();
                 audit.target_type = "user";
-                let mut mail = None;
                 if let Some(existing) = existing {
                     audit.target_id = existing.user_id.to_string();
                     if existing.email_verified_at.is_none() {
-                        mail = self
-                            .send_verification(&mut tx, &existing, &existing.email, Purpose::VerifyEmail)
+                        self.send_verification(&mut tx, &existing, &existing.email, Purpose::VerifyEmail)
                             .await?;
                     }
                 }
                 audit::append(&mut tx, audit).await.map_err(internal)?;
-                mail
             }
-        };
+        }
         tx.commit().await.map_err(internal)?;
-        self.dev_mail(mail, "Verify your bankmesh email address").await;
         metrics::counter!("identity_registrations_total").increment(1);
         Ok(Response::new(RegisterResponse {}))
     }
@@ -413,15 +402,13 @@ impl IdentityService for Api {
         let req = request.into_inner();
         let email = parse_email("email", &req.email)?;
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        let mut mail = None;
         if let Some(user) = users::by_email(&mut tx, &email.canonical()).await.map_err(internal)?
             && user.email_verified_at.is_none()
             && user.status != "disabled"
         {
-            mail = self.send_verification(&mut tx, &user, &user.email, Purpose::VerifyEmail).await?;
+            self.send_verification(&mut tx, &user, &user.email, Purpose::VerifyEmail).await?;
         }
         tx.commit().await.map_err(internal)?;
-        self.dev_mail(mail, "Verify your bankmesh email address").await;
         Ok(Response::new(ResendVerificationEmailResponse {}))
     }
 
@@ -689,7 +676,6 @@ impl IdentityService for Api {
         let req = request.into_inner();
         let email = parse_email("email", &req.email)?;
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        let mut mail = None;
         if let Some(user) = users::by_email(&mut tx, &email.canonical()).await.map_err(internal)?
             && user.status != "disabled"
         {
@@ -711,7 +697,7 @@ impl IdentityService for Api {
                 &events::PasswordResetRequested {
                     user_id: user.user_id.to_string(),
                     email: user.email.clone(),
-                    token: token.clone(),
+                    token,
                     expires_at: Some(timestamp(expires_at)),
                     locale: user.locale.clone(),
                     ip_address: ctx.ip_address.clone(),
@@ -724,10 +710,8 @@ impl IdentityService for Api {
             audit.target_type = "user";
             audit.target_id = user.user_id.to_string();
             audit::append(&mut tx, audit).await.map_err(internal)?;
-            mail = Some((user.email.clone(), format!("Reset your password with this token:\n\n  {token}\n")));
         }
         tx.commit().await.map_err(internal)?;
-        self.dev_mail(mail, "Reset your bankmesh password").await;
         Ok(Response::new(RequestPasswordResetResponse {}))
     }
 
@@ -1055,18 +1039,16 @@ impl IdentityService for Api {
         }
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
         let taken = users::by_email(&mut tx, &new_email.canonical()).await.map_err(internal)?.is_some();
-        let mail = if taken {
-            None // The same answer; nothing is sent.
-        } else {
-            self.send_verification(&mut tx, &row, new_email.as_str(), Purpose::ChangeEmail).await?
-        };
+        // Taken: the same answer; nothing is sent.
+        if !taken {
+            self.send_verification(&mut tx, &row, new_email.as_str(), Purpose::ChangeEmail).await?;
+        }
         let mut audit = entry(&ctx, "user.email_change_request", "success");
         audit.actor_id = user_id.to_string();
         audit.target_type = "user";
         audit.target_id = user_id.to_string();
         audit::append(&mut tx, audit).await.map_err(internal)?;
         tx.commit().await.map_err(internal)?;
-        self.dev_mail(mail, "Confirm your new bankmesh email address").await;
         Ok(Response::new(RequestEmailChangeResponse {}))
     }
 
