@@ -128,7 +128,7 @@ declare -A extra=(
   [notifications]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]} BANK_CONSUMER__STREAMS=${streams}
     BANK_EMAIL__SMTP_HOST=127.0.0.1 BANK_EMAIL__SMTP_PORT=${mail_port} BANK_EMAIL__SMTP_TLS=none
     BANK_EMAIL__FROM=bankmesh-dev<no-reply@bankmesh.local> BANK_EMAIL__LINK_BASE_URL=http://localhost:3000
-    BANK_WEBHOOKS__ALLOW_HTTP=true BANK_WEBHOOKS__ALLOWED_NETWORKS=[\"127.0.0.0/8\"]"
+    BANK_WEBHOOKS__ALLOW_HTTP=true BANK_WEBHOOKS__ALLOWED_NETWORKS=[\"127.0.0.0/8\"] BANK_WEBHOOKS__TIMEOUT=3s"
 )
 set -f # the extra settings hold JSON lists: split them into words, never glob them
 for svc in accounts ledger cards notifications; do

@@ -1310,6 +1310,9 @@ impl NotificationsAdminService for Api {
             Ok(DeadLetterStatus::Retried) => Some("retried"),
             Err(_) => return Err(invalid("status", "INVALID", "unknown status")),
         };
+        if req.stream.chars().count() > 200 || req.stream.chars().any(char::is_control) {
+            return Err(invalid("stream", "INVALID", "a stream key: at most 200 printable characters"));
+        }
         let stream = (!req.stream.is_empty()).then_some(req.stream);
         let rows: Vec<DeadLetterRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE ($1::text IS NULL OR status = $1) \
@@ -1346,6 +1349,9 @@ impl NotificationsAdminService for Api {
         }
         if reason.chars().count() > 500 {
             return Err(invalid("reason", "TOO_LONG", "at most 500 characters"));
+        }
+        if reason.chars().any(char::is_control) {
+            return Err(invalid("reason", "INVALID_CHARACTERS", "must not contain control characters"));
         }
         let mut tx = self.pool.begin().await.map_err(internal)?;
         if let Some(replay) = claim(&mut tx, key.as_ref(), &req).await? {
@@ -1408,6 +1414,14 @@ impl NotificationsAdminService for Api {
             Ok(EmailStatus::Failed) => Some("failed"),
             Err(_) => return Err(invalid("status", "INVALID", "unknown status")),
         };
+        let known = EVENT_TYPES.iter().filter_map(|t| t.email).any(|t| t.name() == req.template);
+        if !req.template.is_empty() && !known {
+            return Err(invalid(
+                "template",
+                "UNKNOWN_TEMPLATE",
+                "not a template name (e.g. verification, deposit)",
+            ));
+        }
         let template = (!req.template.is_empty()).then_some(req.template);
         let from = match &req.from_time {
             Some(t) => Some(instant("from_time", t)?),
