@@ -17,12 +17,12 @@ use bank_proto::{
     },
     notifications::v1::{
         CreateWebhookEndpointRequest, DeadLetterStatus, DeliveryStatus, EventPreference,
-        GetNotificationPreferencesRequest, GetWebhookDeliveryRequest, GetWebhookEndpointRequest,
-        ListDeadLettersRequest, ListLowBalanceAlertsRequest, ListSecurityEventsRequest,
-        ListSentEmailsRequest, ListWebhookDeliveriesRequest, NotificationChannel, RetryDeadLetterRequest,
-        SendTestWebhookRequest, SetLowBalanceAlertRequest, UpdateNotificationPreferencesRequest,
-        UpdateWebhookEndpointRequest, WebhookEndpointStatus,
-        notifications_admin_service_client::NotificationsAdminServiceClient,
+        FollowSecurityEventsRequest, GetNotificationPreferencesRequest, GetWebhookDeliveryRequest,
+        GetWebhookEndpointRequest, ListDeadLettersRequest, ListLowBalanceAlertsRequest,
+        ListSecurityEventsRequest, ListSentEmailsRequest, ListWebhookDeliveriesRequest, NotificationChannel,
+        RedeliverWebhookRequest, RetryDeadLetterRequest, RotateWebhookSecretRequest, SendTestWebhookRequest,
+        SetLowBalanceAlertRequest, UpdateNotificationPreferencesRequest, UpdateWebhookEndpointRequest,
+        WebhookEndpointStatus, notifications_admin_service_client::NotificationsAdminServiceClient,
         notifications_service_client::NotificationsServiceClient,
     },
 };
@@ -795,4 +795,117 @@ async fn a_persistently_failing_endpoint_trips_its_breaker_and_its_owner_is_told
         .unwrap();
     assert_eq!(enabled.status, WebhookEndpointStatus::Active as i32);
     assert_eq!(enabled.consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn admins_follow_the_security_feed_as_a_stream_and_resume_from_a_cursor() {
+    let mesh = mesh(true).await;
+    let ivan = mesh.identity.user("ivan@example.com").await;
+    let admin = mesh.identity.admin().await.access_token;
+    let mut feed = mesh.admin().await;
+    let follow = |cursor: String| {
+        bearer(
+            FollowSecurityEventsRequest {
+                cursor,
+                user_id: ivan.user_id.clone(),
+                event_types: vec!["bank.events.v1.LoginFailed".into()],
+            },
+            &admin,
+        )
+    };
+    let mut stream = feed.follow_security_events(follow(String::new())).await.unwrap().into_inner();
+    let _ = mesh.identity.login(&ivan.email, "wrong password number one").await;
+    let first =
+        tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+    let event = first.event.unwrap();
+    assert_eq!(event.event_type, "bank.events.v1.LoginFailed");
+    assert_eq!(event.user_id, ivan.user_id);
+    drop(stream);
+
+    // Two more failures while nobody follows; resuming from the cursor gets exactly those.
+    let _ = mesh.identity.login(&ivan.email, "wrong password number two").await;
+    let _ = mesh.identity.login(&ivan.email, "wrong password number three").await;
+    let mut resumed = feed.follow_security_events(follow(first.cursor)).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let next =
+            tokio::time::timeout(Duration::from_secs(30), resumed.message()).await.unwrap().unwrap().unwrap();
+        ids.push(next.event.unwrap().event_id);
+    }
+    assert!(!ids.contains(&event.event_id), "nothing before the cursor again");
+    assert_ne!(ids[0], ids[1]);
+    let refused = feed
+        .follow_security_events(bearer(FollowSecurityEventsRequest::default(), &ivan.tokens.access_token))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_alongside_the_old_one_and_redeliveries_keep_the_event_id() {
+    let mesh = mesh(true).await;
+    let jo = mesh.identity.user("jo@example.com").await;
+    let token = jo.tokens.access_token.clone();
+    let receiver = WebhookReceiver::start(&[]).await;
+    let mut client = mesh.client().await;
+    let created = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: receiver.url("/r"),
+                ..CreateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let endpoint = created.endpoint.unwrap().endpoint_id;
+    let old = created.signing_secret;
+    let rotated = client
+        .rotate_webhook_secret(bearer(
+            RotateWebhookSecretRequest { endpoint_id: endpoint.clone(), previous_secret_ttl_seconds: 3600 },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let new = rotated.signing_secret;
+    assert_ne!(old, new);
+    assert!(rotated.endpoint.unwrap().previous_secret_expires_at.is_some());
+
+    mesh.funded_account(&jo.user_id, "DE02120300000000202051", 700).await;
+    let got = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let signature = got[0].header("bankmesh-signature").unwrap();
+    assert_eq!(signature.matches("v1=").count(), 2, "{signature}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(webhooks::verify(signature, &got[0].body, &new, now, 300));
+    assert!(webhooks::verify(signature, &got[0].body, &old, now, 300));
+
+    let deliveries = client
+        .list_webhook_deliveries(bearer(
+            ListWebhookDeliveriesRequest {
+                endpoint_id: endpoint.clone(),
+                ..ListWebhookDeliveriesRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    let again = client
+        .redeliver_webhook(bearer(
+            RedeliverWebhookRequest { endpoint_id: endpoint, delivery_id: deliveries[0].delivery_id.clone() },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(again.redelivery_of, deliveries[0].delivery_id);
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].header("bankmesh-event-id"), got[0].header("bankmesh-event-id"), "same event id");
+    assert_ne!(got[1].header("bankmesh-delivery-id"), got[0].header("bankmesh-delivery-id"));
 }
