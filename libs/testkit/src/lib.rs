@@ -20,7 +20,7 @@ mod spawn;
 
 pub use database::TestDatabase;
 pub use identity::{TestIdentity, TestUser, TotpDevice, bearer};
-pub use proxy::TcpProxy;
+pub use proxy::{Stall, TcpProxy};
 pub use redis_ns::TestRedis;
 pub use spawn::{Options, TestApp, spawn, spawn_with};
 
