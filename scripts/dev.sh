@@ -68,6 +68,9 @@ rm -f "$dev/up"
 # identity's key-encryption key, the first admin, and one service client per service.
 random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '\n/+=' | head -c "$2"; }
 [ -s "$dev/secrets/kek" ] || head -c 32 /dev/urandom | base64 > "$dev/secrets/kek"
+# The cards vault's key-encryption key (`id=base64`; the vault's data keys are wrapped with it, so
+# keep it with the dev databases).
+[ -s "$dev/secrets/cards-keks" ] || printf 'kek-1=%s\n' "$(head -c 32 /dev/urandom | base64)" > "$dev/secrets/cards-keks"
 [ -s "$dev/secrets/admin" ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > "$dev/secrets/admin"
 if [ ! -s "$dev/secrets/clients" ]; then
   {
@@ -117,7 +120,12 @@ start identity \
   BANK_BOOTSTRAP__ADMIN_FILE="$dev/secrets/admin" \
   BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE="$dev/secrets/clients" \
   BANK_EMAIL__DEV_MAIL_LOG="$dev/mail.log"
-declare -A extra=([accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}")
+# Cards: the ledger (holds), accounts (the card's account), the vault's KEK, and owner charges
+# (development only: no acquirer on a laptop).
+declare -A extra=(
+  [accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}"
+  [cards]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]} BANK_ACCOUNTS_URL=http://127.0.0.1:${grpc_port[accounts]} BANK_VAULT__KEKS_FILE=$dev/secrets/cards-keks BANK_CARDS__ALLOW_OWNER_CHARGES=true"
+)
 for svc in accounts ledger cards notifications; do
   # shellcheck disable=SC2086 # extra settings are KEY=VALUE words
   start "$svc" ${extra[$svc]:-} \
