@@ -994,7 +994,10 @@ fn time_filter(
     value
         .map(|t| {
             time::OffsetDateTime::from_unix_timestamp(t.seconds)
-                .map_err(|_| invalid(field, "OUT_OF_RANGE", "invalid time"))
+                .ok()
+                // PostgreSQL's range, and no year 0 or before.
+                .filter(|at| at.year() >= 1)
+                .ok_or_else(|| invalid(field, "OUT_OF_RANGE", "invalid time"))
         })
         .transpose()
 }

@@ -214,6 +214,77 @@ async fn twenty_concurrent_charges_of_100_with_a_daily_limit_of_1000_approve_exa
         .card
         .unwrap();
     assert_eq!(card.spent_today.unwrap().minor_units, 1_000);
+
+    // Approvals and declines by reason, and the authorization latency, on the admin port.
+    let (status, metrics) = bank_testkit::probe::http_get(w.cards.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let line = |name: &str, labels: &[&str]| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let declined =
+        line("cards_authorizations_total", &["result=\"declined\"", "reason=\"DAILY_LIMIT_EXCEEDED\""]);
+    assert!(declined.is_some_and(|n| n >= 10.0), "declines by reason are counted: {declined:?}");
+    let approved = line("cards_authorizations_total", &["result=\"approved\""]);
+    assert!(approved.is_some_and(|n| n >= 10.0), "approvals are counted: {approved:?}");
+    let count = line("cards_authorization_duration_seconds_count", &["result=\"approved\""]);
+    let sum = line("cards_authorization_duration_seconds_sum", &["result=\"approved\""]);
+    assert!(count.is_some_and(|n| n >= 10.0), "authorization latency is recorded: {count:?}");
+    #[allow(clippy::float_arithmetic, clippy::print_stdout)]
+    if let (Some(count), Some(sum)) = (count, sum) {
+        println!(
+            "mean approved authorization latency under 20 concurrent charges: {:.1} ms",
+            sum / count * 1000.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn uncaptured_authorizations_expire_and_release_their_hold() {
+    let w = world().await;
+    let (alice, account) = w.customer("expiry.cards@example.com", 10_000).await;
+    let card = w.issue(&alice, &account, None).await.card.unwrap();
+    let approved = w.charge(token(&alice), &card.card_id, 2_500, &fresh_key()).await.unwrap();
+    assert_eq!(triple(&w.balances(&alice, &account).await), (10_000, 2_500, 7_500));
+    // Its capture window ends now (the ledger's own hold expiry is a day later).
+    let mut conn = w.cards_db().await;
+    sqlx::query("UPDATE authorizations SET expires_at = now() WHERE authorization_id = $1::uuid")
+        .bind(&approved.authorization_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    eventually("the reconciler expires the authorization", || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM authorizations WHERE authorization_id = $1::uuid")
+                .bind(&approved.authorization_id)
+                .fetch_one(&mut w.cards_db().await)
+                .await
+                .unwrap();
+        status == "expired"
+    })
+    .await;
+    assert_eq!(triple(&w.balances(&alice, &account).await), (10_000, 0, 10_000));
+    let voided = w.events("bank.events.v1.CardChargeVoided").await;
+    let event = bank_proto::events::v1::CardChargeVoided::decode(voided[0].as_slice()).unwrap();
+    assert!(event.expired && event.authorization_id == approved.authorization_id);
+    let capture = w
+        .client()
+        .await
+        .capture_charge(keyed(
+            CaptureChargeRequest {
+                card_id: card.card_id.clone(),
+                authorization_id: approved.authorization_id.clone(),
+                amount: None,
+            },
+            token(&alice),
+            &fresh_key(),
+        ))
+        .await
+        .unwrap_err();
+    assert_reason(&capture, Code::FailedPrecondition, ErrorCode::AuthorizationStateConflict);
 }
 
 #[tokio::test]
