@@ -240,6 +240,29 @@ async fn twenty_concurrent_charges_of_100_with_a_daily_limit_of_1000_approve_exa
             sum / count * 1000.0
         );
     }
+
+    // For the record (no assertion on time): sequential authorizations on a warm card.
+    let card = w.issue(&alice, &account, Some((500_000, 1_000))).await.card.unwrap();
+    let mut client = w.client().await;
+    let mut took = Vec::new();
+    for _ in 0..30 {
+        let started = std::time::Instant::now();
+        let answer = client
+            .authorize_charge(keyed(charge_request(&card.card_id, 100), &acquirer, &fresh_key()))
+            .await
+            .unwrap()
+            .into_inner();
+        took.push(started.elapsed());
+        assert_eq!(answer.authorization.unwrap().status, AuthorizationStatus::Approved as i32);
+    }
+    took.sort();
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "sequential authorizations (debug build, approve + hold): p50 {:?}, p90 {:?}, max {:?}",
+            took[15], took[27], took[29]
+        );
+    }
 }
 
 #[tokio::test]
