@@ -766,3 +766,60 @@ async fn staff_search_force_close_with_void_and_rotate_the_kek() {
     assert!(refused.to_string().contains("kek-2"), "{refused}");
     let _ = Options::default();
 }
+
+/// A raw HTTP/1.1 request to the gateway; answers (status, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nIdempotency-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn charges_go_through_the_generated_rest_route() {
+    let w = world().await;
+    let (alice, account) = w.customer("rest.cards@example.com", 10_000).await;
+    let card = w.issue(&alice, &account, None).await.card.unwrap();
+    let gateway = bank_testkit::spawn_with::<bank_gateway::Gateway>(
+        w.identity
+            .trust(Options::default().database(false).redis(true).set("edge.hsts", false))
+            .set("upstreams.identity", w.identity.url())
+            .set("upstreams.cards", format!("http://{}", w.cards.addr))
+            .set("upstreams.required_for_readiness", vec!["identity".to_owned(), "cards".to_owned()]),
+    )
+    .await;
+    let body = r#"{"merchant":{"name":"Corner Grocer","categoryCode":"5411"},"amount":{"currency":"EUR","minorUnits":"4000"}}"#;
+    let path = format!("/api/v1/cards/{}/charges", card.card_id);
+    let (status, answer) = http(gateway.addr, "POST", &path, token(&alice), "rest-1", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let json: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(json["authorization"]["status"], "AUTHORIZATION_STATUS_APPROVED", "{answer}");
+    assert_eq!(triple(&w.balances(&alice, &account).await), (10_000, 4_000, 6_000));
+    // A decline is a 200 answer with its reason; a client mistake is a problem with a stable reason.
+    let over = r#"{"merchant":{"name":"Corner Grocer","categoryCode":"5411"},"amount":{"currency":"EUR","minorUnits":"9000"}}"#;
+    let (status, answer) = http(gateway.addr, "POST", &path, token(&alice), "rest-2", over).await;
+    assert_eq!(status, 200, "{answer}");
+    let json: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(json["authorization"]["declineReason"], "DECLINE_REASON_INSUFFICIENT_FUNDS", "{answer}");
+    let bad = r#"{"merchant":{"name":"Corner Grocer","categoryCode":"54"},"amount":{"currency":"EUR","minorUnits":"1"}}"#;
+    let (status, answer) = http(gateway.addr, "POST", &path, token(&alice), "rest-3", bad).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("VALIDATION_FAILED") && answer.contains("merchant.category_code"), "{answer}");
+}
