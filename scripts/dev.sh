@@ -69,6 +69,9 @@ rm -f "$dev/up"
 # identity's key-encryption key, the first admin, and one service client per service.
 random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '\n/+=' | head -c "$2"; }
 [ -s "$dev/secrets/kek" ] || head -c 32 /dev/urandom | base64 > "$dev/secrets/kek"
+# The cards vault's key-encryption key (`id=base64`; the vault's data keys are wrapped with it, so
+# keep it with the dev databases).
+[ -s "$dev/secrets/cards-keks" ] || printf 'kek-1=%s\n' "$(head -c 32 /dev/urandom | base64)" > "$dev/secrets/cards-keks"
 [ -s "$dev/secrets/admin" ] || printf 'admin@bankmesh.local:%s\n' "$(random_secret 48 32)" > "$dev/secrets/admin"
 # (Regenerated when an older checkout's file lacks a scope a service now needs.)
 if [ ! -s "$dev/secrets/clients" ] || ! grep -q '^notifications:.*ledger:accounts' "$dev/secrets/clients"; then
@@ -123,8 +126,12 @@ start identity \
   BANK_BOOTSTRAP__ADMIN_FILE="$dev/secrets/admin" \
   BANK_BOOTSTRAP__SERVICE_CLIENTS_FILE="$dev/secrets/clients"
 streams="[\"${redis_prefix}identity:events\",\"${redis_prefix}accounts:events\",\"${redis_prefix}ledger:events\",\"${redis_prefix}cards:events\"]"
+# Cards: the ledger (holds), accounts (the card's account), the vault's KEK, and owner charges
+# (development only: no acquirer on a laptop). Notifications: the streams, the local SMTP sink,
+# webhooks to this machine allowed (development only).
 declare -A extra=(
   [accounts]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]}"
+  [cards]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]} BANK_ACCOUNTS_URL=http://127.0.0.1:${grpc_port[accounts]} BANK_VAULT__KEKS_FILE=$dev/secrets/cards-keks BANK_CARDS__ALLOW_OWNER_CHARGES=true"
   [notifications]="BANK_LEDGER_URL=http://127.0.0.1:${grpc_port[ledger]} BANK_CONSUMER__STREAMS=${streams}
     BANK_EMAIL__SMTP_HOST=127.0.0.1 BANK_EMAIL__SMTP_PORT=${mail_port} BANK_EMAIL__SMTP_TLS=none
     BANK_EMAIL__FROM=bankmesh-dev<no-reply@bankmesh.local> BANK_EMAIL__LINK_BASE_URL=http://localhost:3000

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # DEVELOPMENT ONLY. Generates the secrets of the docker compose stack once, into the `secrets` volume
 # (never into the image, never into git): a random PostgreSQL password and the database URLs built
-# from it, identity's KEK, the first admin, and one service client per component. A production
+# from it, identity's KEK, the cards vault's KEK, the first admin, and one service client per component. A production
 # deployment never uses this: its secrets come from the platform's secret store (existingSecret in the
 # Helm chart). `docker compose down -v` throws them away together with the data they protect.
 set -euo pipefail
@@ -32,6 +32,11 @@ if [ ! -s "$dir/kek" ]; then
     echo "${svc}:${secret}:${scopes[$svc]}" >> "$dir/service-clients"
   done
   echo "dev-secrets: generated new development secrets"
+fi
+
+# The cards vault's KEK (`id=base64`), also for volumes created before cards had a vault.
+if [ ! -s "$dir/vault-keks" ]; then
+  printf 'kek-1=%s' "$(head -c 32 /dev/urandom | base64)" > "$dir/vault-keks"
 fi
 
 # The postgres image runs as uid 999; bankmesh runs as 10001 (Dockerfile).

@@ -10,7 +10,7 @@ import settings
 
 COMPONENTS = ["identity", "accounts", "ledger", "cards", "notifications", "gateway"]
 SECRET_WORDS = re.compile(r"(URL|SECRET|KEK|PASSWORD|TOKEN|BOOTSTRAP__ADMIN|CLIENTS)", re.I)
-SECRET_SETTINGS = {"url", "kek", "client_secret", "admin", "service_clients", "password"}
+SECRET_SETTINGS = {"url", "kek", "keks", "client_secret", "admin", "service_clients", "password"}
 
 
 def kinds(docs, kind):
@@ -39,8 +39,8 @@ def seconds(text: str) -> float:
 
 def expected_callees() -> dict[str, set[str]]:
     """Who calls whom, from the settings in the code: every binary with an [auth] section verifies
-    tokens against identity; accounts has ledger_url; the gateway has one upstream per service. Cards
-    will call the ledger's holds (contract: `ledger:holds`); it is allowed ahead of the cards issue."""
+    tokens against identity; accounts and cards have ledger_url; cards has accounts_url; the gateway
+    has one upstream per service."""
     calls = {}
     for comp in COMPONENTS:
         tree = settings.tree(comp)
@@ -49,10 +49,11 @@ def expected_callees() -> dict[str, set[str]]:
             callees.add("identity")
         if "ledger_url" in tree:
             callees.add("ledger")
+        if "accounts_url" in tree:
+            callees.add("accounts")
         if "upstreams" in tree:
             callees |= {k for k in tree["upstreams"] if k in COMPONENTS}
         calls[comp] = callees
-    calls["cards"].add("ledger")
     return calls
 
 

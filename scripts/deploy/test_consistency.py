@@ -168,7 +168,7 @@ def test_compose_databases_and_infrastructure():
 
 def test_chart_secret_files_match_the_settings():
     """Each component's secret files in the chart are settings it reads, and every required secret
-    setting of the code is provided (database.url, redis.url, keys.kek, auth.client_secret)."""
+    setting of the code is provided (database.url, redis.url, keys.kek, vault.keks, auth.client_secret)."""
     helpers = (ROOT / "helm" / "bankmesh" / "templates" / "_helpers.tpl").read_text()
     block = helpers[helpers.index('define "bankmesh.secretFiles"') :]
     block = block[block.index("\n") + 1 : block.index("{{- end -}}")]
@@ -181,6 +181,7 @@ def test_chart_secret_files_match_the_settings():
         tree = settings.tree(name)
         required = {"redis.url"} | ({"database.url"} if "database" in tree else set())
         required |= {"keys.kek"} if "keys" in tree else set()
+        required |= {"vault.keks"} if "vault" in tree else set()
         required |= {"auth.client_secret"} if name != "identity" else set()
         assert required <= paths, f"{name} misses {required - paths}"
     assert sorted(VALUES["services"]) == sorted(SERVICES)

@@ -75,16 +75,16 @@ app.kubernetes.io/component: {{ .svc }}
 
 {{/*
 Who calls whom (gRPC), from the code: every service verifies tokens against identity (JWKS, token
-status) and fetches service tokens there; accounts calls the ledger (sagas, statements); cards will
-call the ledger (holds) when the cards issue lands; notifications calls the ledger (low-balance
-thresholds); the gateway calls every service. NetworkPolicies
+status) and fetches service tokens there; accounts calls the ledger (sagas, statements); cards calls
+the ledger (holds) and accounts (the account a card is issued on, with the owner's token);
+notifications calls the ledger (low-balance thresholds); the gateway calls every service. NetworkPolicies
 are generated from this one table.
 */}}
 {{- define "bankmesh.callees" -}}
 identity: []
 accounts: [identity, ledger]
 ledger: [identity]
-cards: [identity, ledger]
+cards: [identity, accounts, ledger]
 notifications: [identity, ledger]
 gateway: [identity, accounts, ledger, cards, notifications]
 {{- end -}}
@@ -112,6 +112,7 @@ cards:
   - {key: database-url, env: BANK_DATABASE__URL_FILE, optional: false}
   - {key: redis-url, env: BANK_REDIS__URL_FILE, optional: false}
   - {key: client-secret, env: BANK_AUTH__CLIENT_SECRET_FILE, optional: false}
+  - {key: vault-keks, env: BANK_VAULT__KEKS_FILE, optional: false}
 notifications:
   - {key: database-url, env: BANK_DATABASE__URL_FILE, optional: false}
   - {key: redis-url, env: BANK_REDIS__URL_FILE, optional: false}
@@ -159,14 +160,16 @@ auth:
   identity_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "identity") | quote }}
   client_id: {{ $svc | quote }}
 {{- end }}
-{{- if eq $svc "accounts" }}
+{{- if or (eq $svc "accounts") (eq $svc "cards") (eq $svc "notifications") }}
 ledger_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "ledger") | quote }}
 {{- end }}
 {{- if eq $svc "notifications" }}
-ledger_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "ledger") | quote }}
 consumer:
   {{- /* The producing services' streams: <their redis.key_prefix>events (see redis above). */}}
   streams: ["bank:identity:events", "bank:accounts:events", "bank:ledger:events", "bank:cards:events"]
+{{- end }}
+{{- if eq $svc "cards" }}
+accounts_url: {{ include "bankmesh.grpcUrl" (dict "root" $root "svc" "accounts") | quote }}
 {{- end }}
 {{- if eq $svc "gateway" }}
 upstreams:

@@ -80,3 +80,44 @@ pub mod bank {
 }
 
 pub use bank::{accounts, cards, common, events, identity, ledger, notifications};
+
+/// A `Debug` for generated messages that carry a full PAN or a CVV (their derived `Debug` is
+/// skipped in `build.rs`): the secret fields print as `[REDACTED]`, everything else as usual.
+macro_rules! redacted_debug {
+    ($($module:ident)::+ => $ty:ident { $($field:ident),* } secret { $($secret:ident),* }) => {
+        impl ::core::fmt::Debug for $($module::)+$ty {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut out = f.debug_struct(stringify!($ty));
+                $( out.field(stringify!($field), &self.$field); )*
+                $( let _ = &self.$secret; out.field(stringify!($secret), &"[REDACTED]"); )*
+                out.finish()
+            }
+        }
+    };
+}
+
+redacted_debug!(bank::cards::v1 => IssueCardResponse { card } secret { pan, cvv });
+redacted_debug!(bank::cards::v1 => ReplaceCardResponse { card } secret { pan, cvv });
+redacted_debug!(bank::cards::v1 => RevealCardPanResponse { expiry_month, expiry_year } secret { pan });
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_with_a_pan_or_cvv_print_them_redacted() {
+        let issued = crate::bank::cards::v1::IssueCardResponse {
+            card: None,
+            pan: "4000001234567899".to_owned(),
+            cvv: "123".to_owned(),
+        };
+        let printed = format!("{issued:?}");
+        assert!(!printed.contains("4000001234567899") && !printed.contains("123"), "{printed}");
+        assert!(printed.contains("[REDACTED]"), "{printed}");
+        let revealed = crate::bank::cards::v1::RevealCardPanResponse {
+            pan: "4000001234567899".to_owned(),
+            expiry_month: 7,
+            expiry_year: 2031,
+        };
+        let printed = format!("{revealed:?}");
+        assert!(!printed.contains("4000001234567899") && printed.contains("2031"), "{printed}");
+    }
+}

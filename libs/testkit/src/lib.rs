@@ -24,7 +24,7 @@ mod spawn;
 pub use database::TestDatabase;
 pub use identity::{TestIdentity, TestUser, TotpDevice, bearer};
 pub use process::ServiceProcess;
-pub use proxy::TcpProxy;
+pub use proxy::{Stall, TcpProxy};
 pub use receiver::WebhookReceiver;
 pub use redis_ns::TestRedis;
 pub use smtp::SmtpSink;

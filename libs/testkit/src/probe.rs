@@ -211,11 +211,16 @@ pub async fn assert_migrations_applied(app: &crate::TestApp, expected: usize) {
 #[macro_export]
 macro_rules! standard_service_tests {
     ($service:ty, $migrator:path, [$($name:literal),+ $(,)?]) => {
+        $crate::standard_service_tests!($service, $migrator, [$($name),+], |options| options);
+    };
+    // `$settings` adds what the service needs beyond identity's trust (e.g. a secret file's value).
+    ($service:ty, $migrator:path, [$($name:literal),+ $(,)?], $settings:expr) => {
         const SERVICES: &[&str] = &[$($name),+];
 
         async fn spawn_trusting() -> ($crate::TestIdentity, $crate::TestApp) {
             let identity = $crate::TestIdentity::spawn().await;
-            let app = $crate::spawn_with::<$service>(identity.trust($crate::Options::default())).await;
+            let settings: fn($crate::Options) -> $crate::Options = $settings;
+            let app = $crate::spawn_with::<$service>(settings(identity.trust($crate::Options::default()))).await;
             (identity, app)
         }
 
