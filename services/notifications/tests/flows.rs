@@ -67,7 +67,12 @@ async fn mesh_with(allow_loopback: bool, extra: &[(&str, Value)]) -> Mesh {
         .set("ledger_url", format!("http://{}", ledger.addr))
         .set(
             "consumer.streams",
-            vec![format!("{ns}events"), format!("{ns}ledger:events"), format!("{ns}accounts:events")],
+            vec![
+                format!("{ns}events"),
+                format!("{ns}ledger:events"),
+                format!("{ns}accounts:events"),
+                format!("{ns}cards:events"),
+            ],
         )
         .set("consumer.block", "200ms")
         .set("consumer.claim_idle", "1s")
@@ -908,4 +913,91 @@ async fn a_rotated_secret_signs_alongside_the_old_one_and_redeliveries_keep_the_
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].header("bankmesh-event-id"), got[0].header("bankmesh-event-id"), "same event id");
     assert_ne!(got[1].header("bankmesh-delivery-id"), got[0].header("bankmesh-delivery-id"));
+}
+
+#[tokio::test]
+async fn a_declined_card_charge_is_emailed_with_its_reason_and_shows_in_the_security_feed() {
+    use bank_proto::cards::v1::{
+        AuthorizationStatus, AuthorizeChargeRequest, CardLimits, IssueCardRequest, Merchant,
+        cards_service_client::CardsServiceClient,
+    };
+    let mesh = mesh(true).await;
+    let cards = spawn_with::<bank_cards::Cards>(
+        mesh.identity
+            .trust(Options::default())
+            .set("redis.key_prefix", format!("{}cards:", mesh.ns))
+            .set("vault.keks", "kek-1=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .set("ledger_url", format!("http://{}", mesh.ledger.addr))
+            .set("accounts_url", format!("http://{}", mesh.accounts.addr))
+            .set("cards.allow_owner_charges", true),
+    )
+    .await;
+    let kim = mesh.identity.user("kim@example.com").await;
+    let token = kim.tokens.access_token.clone();
+    let (account, _) = open_account(&mesh, &token).await;
+    deposit(&mesh, &account, 100_000).await;
+    let mut client = CardsServiceClient::new(cards.channel().await);
+    let issued = client
+        .issue_card(keyed(
+            IssueCardRequest {
+                account_id: account,
+                limits: Some(CardLimits {
+                    daily_limit: Some(Money { currency: "EUR".into(), minor_units: 5_000 }),
+                    per_transaction_limit: None,
+                }),
+                ..IssueCardRequest::default()
+            },
+            &token,
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let card = issued.card.unwrap();
+    let last_four = issued.pan[issued.pan.len() - 4..].to_owned();
+    let charge = |minor_units: i64| AuthorizeChargeRequest {
+        card_id: card.card_id.clone(),
+        merchant: Some(Merchant {
+            name: "ACME Books".into(),
+            category_code: "5942".into(),
+            ..Merchant::default()
+        }),
+        amount: Some(Money { currency: "EUR".into(), minor_units }),
+        acquirer_reference: String::new(),
+    };
+    let declined = client
+        .authorize_charge(keyed(charge(6_000), &token, &uuid::Uuid::now_v7().to_string()))
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization
+        .unwrap();
+    assert_eq!(declined.status, AuthorizationStatus::Declined as i32);
+
+    let mail =
+        mesh.smtp.wait_for("kim@example.com", "card payment was declined", Duration::from_secs(30)).await;
+    let text = mail.expect("the card-declined email").text();
+    assert!(text.contains("60.00 EUR at ACME Books"), "{text}");
+    assert!(text.contains(&format!("your card ending in {last_four}")), "{text}");
+    assert!(text.contains("daily limit exceeded"), "{text}");
+    assert!(!text.contains(&issued.pan), "never the PAN");
+
+    let feed = mesh
+        .client()
+        .await
+        .list_my_security_events(bearer(
+            bank_proto::notifications::v1::ListMySecurityEventsRequest::default(),
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let line = feed
+        .iter()
+        .find(|e| e.event_type == "bank.events.v1.CardAuthorizationDeclined")
+        .expect("the decline is in the owner's security feed");
+    assert_eq!(line.card_last_four, last_four);
+    assert_eq!(line.decline_reason, bank_proto::cards::v1::DeclineReason::DailyLimitExceeded as i32);
+    assert_eq!(line.summary, format!("Card ****{last_four} declined at ACME Books: daily limit exceeded"));
 }
