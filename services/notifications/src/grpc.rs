@@ -99,6 +99,11 @@ fn instant(field: &str, t: &pbjson_types::Timestamp) -> Result<OffsetDateTime, S
         .map_err(|_| invalid(field, "OUT_OF_RANGE", "not a valid time"))
 }
 
+/// The token of the offset page after `page`, which fetched `fetched` rows.
+fn next_offset(page: &Page, fetched: usize) -> String {
+    page.next_token("offset", fetched, page.position + i64::try_from(fetched).unwrap_or(0))
+}
+
 fn page_info(next_page_token: String) -> Option<PageInfo> {
     Some(PageInfo { next_page_token, total_size: None })
 }
@@ -562,7 +567,7 @@ impl NotificationsService for Api {
             })
             .collect();
         let next = if start + slice.len() < EVENT_TYPES.len() {
-            page.next_token("offset", slice.len(), page.position + i64::try_from(slice.len()).unwrap_or(0))
+            next_offset(&page, slice.len())
         } else {
             String::new()
         };
@@ -670,8 +675,7 @@ impl NotificationsService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         Ok(Response::new(ListLowBalanceAlertsResponse {
             alerts: rows.iter().map(alert_message).collect(),
             page_info: page_info(next),
@@ -863,8 +867,7 @@ impl NotificationsService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         Ok(Response::new(ListWebhookEndpointsResponse {
             endpoints: rows.iter().map(endpoint_message).collect(),
             page_info: page_info(next),
@@ -1042,12 +1045,12 @@ impl NotificationsService for Api {
         let delivery =
             Self::queue_delivery(&mut tx, id, envelope.id, &envelope.event_type, &body, None, true).await?;
         // Leased for the attempt below (the dispatcher leaves it alone meanwhile).
-        let claimed: webhooks::Claimed = sqlx::query_as(
-            "WITH d AS (UPDATE webhook_deliveries SET next_attempt_at = now() + interval '5 minutes' WHERE delivery_id = $1 RETURNING *) \
-             SELECT d.delivery_id, d.endpoint_id, d.event_id, d.event_type, d.body, d.attempt_count, e.url, e.secret, \
-               CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret, \
-               e.owner_user_id, e.owner_client_id FROM d JOIN webhook_endpoints e USING (endpoint_id)",
-        )
+        let claimed: webhooks::Claimed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH d AS (UPDATE webhook_deliveries SET next_attempt_at = now() + interval '5 minutes' \
+               WHERE delivery_id = $1 RETURNING *) \
+             SELECT {} FROM d JOIN webhook_endpoints e USING (endpoint_id)",
+            webhooks::CLAIMED_COLUMNS
+        )))
         .bind(delivery)
         .fetch_one(&mut *tx)
         .await
@@ -1099,8 +1102,7 @@ impl NotificationsService for Api {
         .fetch_all(&mut *conn)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         Ok(Response::new(ListWebhookDeliveriesResponse {
             deliveries: rows.iter().map(|r| delivery_message(r, Vec::new())).collect(),
             page_info: page_info(next),
@@ -1237,8 +1239,7 @@ impl NotificationsService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         Ok(Response::new(ListMySecurityEventsResponse {
             events: rows.iter().map(security_message).collect(),
             page_info: page_info(next),
@@ -1325,8 +1326,7 @@ impl NotificationsAdminService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         Ok(Response::new(ListDeadLettersResponse {
             dead_letters: rows.iter().map(dead_letter_message).collect(),
             page_info: page_info(next),
@@ -1455,8 +1455,7 @@ impl NotificationsAdminService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)?;
-        let next =
-            page.next_token("offset", rows.len(), page.position + i64::try_from(rows.len()).unwrap_or(0));
+        let next = next_offset(&page, rows.len());
         let emails = rows
             .into_iter()
             .map(|(id, user, to, template, subject, status, event, attempts, error, created, sent)| {

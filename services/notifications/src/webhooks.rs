@@ -423,7 +423,8 @@ pub struct Claimed {
     pub owner_client_id: Option<String>,
 }
 
-const CLAIMED_COLUMNS: &str = "d.delivery_id, d.endpoint_id, d.event_id, d.event_type, d.body, d.attempt_count, e.url, \
+/// The columns of [`Claimed`] over `webhook_deliveries d` joined with `webhook_endpoints e`.
+pub const CLAIMED_COLUMNS: &str = "d.delivery_id, d.endpoint_id, d.event_id, d.event_type, d.body, d.attempt_count, e.url, \
      e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret, \
      e.owner_user_id, e.owner_client_id";
 
