@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! loadgen login [--clients 4] [--seconds 15]
-//! loadgen transfers [--clients 32] [--seconds 15] [--accounts 100000]
+//! loadgen transfers [--clients 32] [--seconds 15] [--accounts 100000] [--pool N]
 //! loadgen gateway [--op balance|transfer] [--clients 32] [--seconds 10]
 //! ```
 //!
@@ -39,6 +39,8 @@ struct Args {
     seconds: u64,
     accounts: usize,
     op: String,
+    /// The ledger's `database.max_connections` (`None`: the service's default).
+    pool: Option<u32>,
 }
 
 fn args() -> Args {
@@ -52,6 +54,7 @@ fn args() -> Args {
         seconds: default_seconds,
         accounts: 100_000,
         op: "balance".to_owned(),
+        pool: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -60,6 +63,7 @@ fn args() -> Args {
             "--seconds" => parsed.seconds = value.parse().expect("--seconds N"),
             "--accounts" => parsed.accounts = value.parse().expect("--accounts N"),
             "--op" => parsed.op = value,
+            "--pool" => parsed.pool = Some(value.parse().expect("--pool N")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -197,7 +201,7 @@ async fn main() {
     let args = args();
     match args.scenario.as_str() {
         "login" => login(&args).await,
-        "transfers" => transfers::run(args.clients, args.seconds, args.accounts).await,
+        "transfers" => transfers::run(args.clients, args.seconds, args.accounts, args.pool).await,
         "gateway" => gateway::run(args.clients, args.seconds, &args.op).await,
         other => panic!("unknown scenario {other}; try: login, transfers, gateway"),
     }

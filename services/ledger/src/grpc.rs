@@ -965,22 +965,15 @@ impl LedgerService for Api {
             let description = description.clone();
             let user_id = user_id.clone();
             Box::pin(async move {
-                // Claim the idempotency key, and resolve and lock source and destination (in
-                // account-id order), in one statement.
+                // Resolve and lock source and destination (in account-id order), and see whether
+                // the key was used before, in one statement; the key is stored by the write below.
                 let (to_id, to_number) = match &destination {
                     Destination::Id(id) => (Some(*id), None),
                     Destination::Number(number) => (None, Some(number.as_str())),
                 };
-                let (claimed, rows) = storage::claim_and_lock_transfer_accounts(
-                    conn,
-                    &key,
-                    &request_hash,
-                    from,
-                    to_id,
-                    to_number,
-                )
-                .await?;
-                if claimed != Some(true)
+                let (seen, rows) =
+                    storage::lock_transfer_accounts(conn, &key, from, to_id, to_number).await?;
+                if seen == Some(true)
                     && let Begin::Replay(bytes) =
                         idempotency::existing(conn, &key, &request_hash).await.map_err(idempotency_error)?
                 {
@@ -1095,6 +1088,7 @@ impl LedgerService for Api {
                         to,
                         amount: amount.minor_units(),
                         key: &key,
+                        request_hash: &request_hash,
                         response: &response.encode_to_vec(),
                         event: &event,
                     },

@@ -351,12 +351,16 @@ pub async fn publish_low_balance(
     Ok(())
 }
 
-/// Whether an error is a serialization failure or deadlock that a retry resolves.
+/// Whether an error is one that running the transaction again resolves: a serialization failure,
+/// a deadlock, or an idempotency key stored by a concurrent first use after this attempt looked for
+/// it (a transfer stores its key last, ADR 0028; the next attempt finds it and replays or refuses).
 #[must_use]
 pub fn is_retryable(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(sqlx::error::DatabaseError::code)
-        .is_some_and(|code| code == "40001" || code == "40P01")
+    err.as_database_error().is_some_and(|db| match db.code().as_deref() {
+        Some("40001" | "40P01") => true,
+        Some("23505") => db.constraint() == Some("idempotency_keys_pkey"),
+        _ => false,
+    })
 }
 
 #[cfg(test)]

@@ -57,33 +57,30 @@ pub async fn lock_accounts(
     .await
 }
 
-/// A locked account row, and whether the statement that locked it also claimed the idempotency key.
+/// A locked account row, and whether the caller's idempotency key was already stored.
 #[derive(Debug, sqlx::FromRow)]
-struct ClaimedRow {
-    fresh: bool,
+struct LockedRow {
+    seen: bool,
     #[sqlx(flatten)]
     account: AccountRow,
 }
 
 /// Locks the source and the destination of a transfer (given by id or by number) in account-id
-/// order, with the idempotency claim (`INSERT ... ON CONFLICT DO NOTHING`)
-/// folded into the same statement: one round trip fewer on the hot path. Answers whether the key
-/// was claimed here — `None` when no account matched (the caller asks
-/// [`bank_platform::idempotency::existing`]) — and the locked rows.
-pub async fn claim_and_lock_transfer_accounts(
+/// order, and reads in the same statement whether the idempotency key is already stored (a
+/// replay). The key is not claimed here: [`write_transfer`] inserts it with the response, and a
+/// concurrent first use of the same key makes that insert fail with a unique violation, which
+/// [`crate::posting::is_retryable`] retries — the retry sees the stored key (ADR 0028). Answers
+/// `None` when no account matched (the caller asks [`bank_platform::idempotency::existing`]).
+pub async fn lock_transfer_accounts(
     conn: &mut PgConnection,
     key: &bank_platform::idempotency::Key,
-    request_hash: &[u8],
     from: Uuid,
     to_id: Option<Uuid>,
     to_number: Option<&str>,
 ) -> Result<(Option<bool>, Vec<AccountRow>), sqlx::Error> {
-    let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH k AS ( \
-           INSERT INTO idempotency_keys (principal, rpc, key, request_hash) VALUES ($4, $5, $6, $7) \
-           ON CONFLICT DO NOTHING RETURNING 1 \
-         ) \
-         SELECT EXISTS (SELECT 1 FROM k) AS fresh, {ACCOUNT_COLUMNS} FROM ledger_accounts \
+    let rows: Vec<LockedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE principal = $4 AND rpc = $5 AND key = $6) AS seen, \
+           {ACCOUNT_COLUMNS} FROM ledger_accounts \
          WHERE account_id = $1 OR account_id = $2 OR (kind = 'customer' AND account_number = $3) \
          ORDER BY account_id FOR UPDATE"
     )))
@@ -93,11 +90,10 @@ pub async fn claim_and_lock_transfer_accounts(
     .bind(&key.principal)
     .bind(key.rpc)
     .bind(&key.key)
-    .bind(request_hash)
     .fetch_all(conn)
     .await?;
-    let fresh = rows.first().map(|r| r.fresh);
-    Ok((fresh, rows.into_iter().map(|r| r.account).collect()))
+    let seen = rows.first().map(|r| r.seen);
+    Ok((seen, rows.into_iter().map(|r| r.account).collect()))
 }
 
 /// One account, unlocked.
@@ -185,8 +181,10 @@ pub struct TransferWrite<'a> {
     pub to: Uuid,
     /// Minor units.
     pub amount: i64,
-    /// The idempotency key the transfer claimed.
+    /// The idempotency key, stored here with the request's hash and the response.
     pub key: &'a bank_platform::idempotency::Key,
+    /// The request's hash, stored with the key.
+    pub request_hash: &'a [u8],
     /// The encoded response stored under the key.
     pub response: &'a [u8],
     /// The `TransferPosted` event.
@@ -195,7 +193,8 @@ pub struct TransferWrite<'a> {
 
 /// Writes a transfer whole in one statement (one round trip): the posting (transaction, entries,
 /// the accounts' balances and chain heads, as [`write_posting`]), the transfer row, its outbox
-/// event and the idempotent response under the key it claimed.
+/// event and the idempotency key with its response. A key stored meanwhile by a concurrent first
+/// use fails the statement with a unique violation on `idempotency_keys_pkey` (retryable).
 ///
 /// # Errors
 /// The database failed.
@@ -219,6 +218,7 @@ pub async fn write_transfer(
         .bind(&transfer.event.subject)
         .bind(&transfer.event.traceparent)
         .bind(&transfer.event.payload)
+        .bind(transfer.request_hash)
         .execute(conn)
         .await?;
     Ok(())
@@ -939,7 +939,8 @@ static WRITE_POSTING: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{POSTING_CTES} {POSTING_ACCOUNTS}"));
 
 /// [`write_transfer`]'s statement: the posting, the transfer row ($21..$24), its outbox event
-/// ($29..$33) and the response stored under the idempotency key ($25..$28).
+/// ($29..$33) and the idempotency key ($25..$27) with the request's hash ($34) and the response
+/// ($28).
 static WRITE_TRANSFER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{POSTING_CTES}, acc AS ({POSTING_ACCOUNTS}), t AS ( \
@@ -949,7 +950,7 @@ static WRITE_TRANSFER: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
            INSERT INTO outbox (event_id, event_type, subject, traceparent, payload) \
            VALUES ($29, $30, $31, $32, $33) \
          ) \
-         UPDATE idempotency_keys SET response = $28 WHERE principal = $25 AND rpc = $26 AND key = $27"
+         INSERT INTO idempotency_keys (principal, rpc, key, request_hash, response) VALUES ($25, $26, $27, $34, $28)"
     )
 });
 
