@@ -22,6 +22,7 @@ pub mod pagination;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tx;
 
 pub use app::{App, AppBuilder, BoxError, Service, run_service};
 pub use error::{ErrorCode, FieldViolation, ServiceError};

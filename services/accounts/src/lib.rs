@@ -8,7 +8,7 @@
 //! through their gRPC contracts.
 //!
 //! Layout: `domain/` (numbers, products, the status lifecycle, statement periods; pure), `storage`
-//! (the only SQL), `tx` (transactions with internal retries), `ledger` (the ledger client with this
+//! (the only SQL), `tx` (`bank_platform::tx`: transactions with internal retries), `ledger` (the ledger client with this
 //! service's service token), `document` (statement PDF and CSV), `saga` (opening and mirrored
 //! changes as sagas of idempotent steps, and the reconciler that finishes them), `grpc/` (the tonic
 //! implementations), `convert` (rows as messages).
@@ -26,7 +26,7 @@ mod grpc;
 mod ledger;
 mod saga;
 mod storage;
-mod tx;
+use bank_platform::tx;
 
 use bank_platform::{
     App, AppBuilder, BoxError, Service, config::TelemetryConfig, db, grpc::GrpcServices, redis,

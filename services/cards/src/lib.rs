@@ -9,7 +9,7 @@
 //! only through their gRPC contracts.
 //!
 //! Layout: `domain` (PAN/Luhn, CVV, expiry, statuses, the authorization decision; pure), `vault`
-//! (envelope encryption and KEK rotation), `storage` (the SQL), `tx` (transactions with internal
+//! (envelope encryption and KEK rotation), `storage` (the SQL), `tx` (`bank_platform::tx`: transactions with internal
 //! retries), `upstream` (the ledger, accounts and identity clients), `saga` (authorization as a
 //! saga with the ledger hold, capture/void/refund, the reconciler and the expiry sweep), `grpc`
 //! (the tonic implementations), `convert` (rows as messages).
@@ -23,7 +23,7 @@ pub mod domain;
 mod grpc;
 mod saga;
 mod storage;
-mod tx;
+use bank_platform::tx;
 mod upstream;
 mod vault;
 

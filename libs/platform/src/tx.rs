@@ -1,14 +1,16 @@
-//! Database transactions with internal retries, and the errors handlers map to statuses.
+//! Database transactions with internal retries, and the errors handlers map to statuses: the one
+//! implementation accounts and cards share (the ledger's `in_transaction` adds its own metrics and
+//! retries).
 
 use std::time::Duration;
 
-use bank_platform::{ErrorCode, ServiceError, idempotency};
+use crate::{ErrorCode, ServiceError, idempotency};
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
 /// Why a transaction did not commit.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
+pub enum Error {
     /// A rule refused the request (answered to the client as is; the transaction rolled back).
     #[error("{0}")]
     Refused(ServiceError),
@@ -56,7 +58,10 @@ fn is_retryable(err: &sqlx::Error) -> bool {
 
 /// Runs `attempt` in a fresh transaction that commits when it answers `Ok`, retrying
 /// serialization failures and deadlocks (never surfaced to clients).
-pub(crate) async fn run<T, F>(pool: &PgPool, mut attempt: F) -> Result<T, Error>
+///
+/// # Errors
+/// The refusal `attempt` answered, a database failure, or `UNAVAILABLE` after ten rounds.
+pub async fn run<T, F>(pool: &PgPool, mut attempt: F) -> Result<T, Error>
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>,
 {
