@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use bank_accounts::Accounts;
 use bank_ledger::Ledger;
@@ -16,14 +16,10 @@ use bank_proto::cards::v1::{
     AuthorizationStatus, GetChargeRequest, cards_service_client::CardsServiceClient,
 };
 use bank_testkit::{
-    Options, Stall, TcpProxy, TestDatabase, TestIdentity, bearer,
+    Options, ServiceProcess, Stall, TcpProxy, TestDatabase, TestIdentity, bearer,
     identity::{SERVICE_CLIENT, SERVICE_SECRET},
 };
 use support::*;
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-};
 use tonic::transport::Channel;
 
 /// Starts the real binary; answers it and a channel to its gRPC address.
@@ -32,50 +28,29 @@ async fn start(
     identity: &TestIdentity,
     ledger: std::net::SocketAddr,
     accounts: std::net::SocketAddr,
-) -> (Child, Channel) {
+) -> (ServiceProcess, Channel) {
     let redis = identity.app.redis().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cards"))
-        .env_clear()
-        .env("BANK_CONFIG_DIR", "/nonexistent-config-dir")
-        .env("BANK_DATABASE__URL", database.url())
-        .env("BANK_REDIS__URL", redis.url())
-        .env("BANK_REDIS__KEY_PREFIX", format!("{}cards:", redis.prefix()))
-        .env("BANK_AUTH__IDENTITY_URL", identity.url())
-        .env("BANK_AUTH__REDIS_PREFIX", identity.auth_prefix())
-        .env("BANK_AUTH__CLIENT_ID", SERVICE_CLIENT)
-        .env("BANK_AUTH__CLIENT_SECRET", SERVICE_SECRET)
-        .env("BANK_SERVER__LISTEN_ADDR", "127.0.0.1:0")
-        .env("BANK_SERVER__ADMIN_ADDR", "127.0.0.1:0")
-        .env("BANK_VAULT__KEKS", KEK_1)
-        .env("BANK_LEDGER_URL", format!("http://{ledger}"))
-        .env("BANK_ACCOUNTS_URL", format!("http://{accounts}"))
+    let env = [
+        ("BANK_DATABASE__URL", database.url().to_owned()),
+        ("BANK_REDIS__URL", redis.url().to_owned()),
+        ("BANK_REDIS__KEY_PREFIX", format!("{}cards:", redis.prefix())),
+        ("BANK_AUTH__IDENTITY_URL", identity.url()),
+        ("BANK_AUTH__REDIS_PREFIX", identity.auth_prefix().to_owned()),
+        ("BANK_AUTH__CLIENT_ID", SERVICE_CLIENT.to_owned()),
+        ("BANK_AUTH__CLIENT_SECRET", SERVICE_SECRET.to_owned()),
+        ("BANK_VAULT__KEKS", KEK_1.to_owned()),
+        ("BANK_LEDGER_URL", format!("http://{ledger}")),
+        ("BANK_ACCOUNTS_URL", format!("http://{accounts}")),
         // Long enough that the stalled calls are still hanging when the process is killed.
-        .env("BANK_UPSTREAM_TIMEOUT", "60s")
-        .env("BANK_RECONCILER__INTERVAL", "100ms")
-        .env("BANK_RECONCILER__STUCK_AFTER", "1s")
-        .env("BANK_RECONCILER__MAX_BACKOFF", "2s")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if json["message"] == "started" {
-                return json["grpc"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("cards exited before starting");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (child, channel)
+        ("BANK_UPSTREAM_TIMEOUT", "60s".to_owned()),
+        ("BANK_RECONCILER__INTERVAL", "100ms".to_owned()),
+        ("BANK_RECONCILER__STUCK_AFTER", "1s".to_owned()),
+        ("BANK_RECONCILER__MAX_BACKOFF", "2s".to_owned()),
+    ]
+    .map(|(key, value)| (key.to_owned(), value));
+    let cards = ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_cards")), &env).await;
+    let channel = cards.channel().await;
+    (cards, channel)
 }
 
 async fn auth_status(conn: &mut sqlx::PgConnection, authorization_id: &str) -> Option<String> {
@@ -108,7 +83,7 @@ async fn sigkill_between_the_cards_commit_and_the_ledger_answer_leaves_authoriza
     .await;
     let proxy = TcpProxy::start(ledger.addr).await;
     let database = TestDatabase::create().await;
-    let (mut child, channel) = start(&database, &identity, proxy.addr(), accounts.addr).await;
+    let (cards, channel) = start(&database, &identity, proxy.addr(), accounts.addr).await;
 
     // Helpers of the support world, with this process in place of the in-process cards.
     let w = support::World {
@@ -191,12 +166,7 @@ async fn sigkill_between_the_cards_commit_and_the_ledger_answer_leaves_authoriza
     assert!(holds_for(&mut ledger_db, &id_b).await.is_empty(), "B never reached the ledger");
 
     // Kill cards while both calls hang.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().await.unwrap();
+    cards.kill().await;
     assert!(in_flight_a.await.unwrap().is_err(), "A's caller never got an answer");
     assert!(in_flight_b.await.unwrap().is_err(), "B's caller never got an answer");
     assert_eq!(auth_status(&mut cards_db, &id_a).await.as_deref(), Some("pending"));

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use bank_proto::{
     common::v1::Money,
@@ -14,53 +14,27 @@ use bank_proto::{
     },
 };
 use bank_testkit::{
-    TestDatabase, TestIdentity, bearer,
+    ServiceProcess, TestDatabase, TestIdentity, bearer,
     identity::{SERVICE_CLIENT, SERVICE_SECRET},
-};
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
 };
 use tonic::transport::Channel;
 
 /// Starts the real binary and answers it with a channel to its gRPC address.
-async fn start(database: &TestDatabase, identity: &TestIdentity) -> (Child, Channel) {
+async fn start(database: &TestDatabase, identity: &TestIdentity) -> (ServiceProcess, Channel) {
     let redis = identity.app.redis().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .env_clear()
-        .env("BANK_CONFIG_DIR", "/nonexistent-config-dir")
-        .env("BANK_DATABASE__URL", database.url())
-        .env("BANK_REDIS__URL", redis.url())
-        .env("BANK_REDIS__KEY_PREFIX", format!("{}ledger:", redis.prefix()))
-        .env("BANK_AUTH__IDENTITY_URL", identity.url())
-        .env("BANK_AUTH__REDIS_PREFIX", identity.auth_prefix())
-        .env("BANK_AUTH__CLIENT_ID", SERVICE_CLIENT)
-        .env("BANK_AUTH__CLIENT_SECRET", SERVICE_SECRET)
-        .env("BANK_SERVER__LISTEN_ADDR", "127.0.0.1:0")
-        .env("BANK_SERVER__ADMIN_ADDR", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if json["message"] == "started" {
-                return json["grpc"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the ledger exited before starting");
-    })
-    .await
-    .unwrap();
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (child, channel)
+    let env = [
+        ("BANK_DATABASE__URL", database.url().to_owned()),
+        ("BANK_REDIS__URL", redis.url().to_owned()),
+        ("BANK_REDIS__KEY_PREFIX", format!("{}ledger:", redis.prefix())),
+        ("BANK_AUTH__IDENTITY_URL", identity.url()),
+        ("BANK_AUTH__REDIS_PREFIX", identity.auth_prefix().to_owned()),
+        ("BANK_AUTH__CLIENT_ID", SERVICE_CLIENT.to_owned()),
+        ("BANK_AUTH__CLIENT_SECRET", SERVICE_SECRET.to_owned()),
+    ]
+    .map(|(key, value)| (key.to_owned(), value));
+    let ledger = ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_ledger")), &env).await;
+    let channel = ledger.channel().await;
+    (ledger, channel)
 }
 
 fn eur(minor_units: i64) -> Option<Money> {
@@ -77,7 +51,7 @@ fn keyed<T>(message: T, token: &str, key: &str) -> tonic::Request<T> {
 async fn sigkill_mid_load_then_retries_apply_every_key_at_most_once() {
     let identity = TestIdentity::spawn().await;
     let database = TestDatabase::create().await;
-    let (mut child, channel) = start(&database, &identity).await;
+    let (process, channel) = start(&database, &identity).await;
     let alice = identity.user("alice@example.com").await;
     let bob = identity.user("bob@example.com").await;
     let service = identity.service_token(&["ledger:accounts"]).await;
@@ -153,8 +127,7 @@ async fn sigkill_mid_load_then_retries_apply_every_key_at_most_once() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    process.kill().await;
     let mut unknown = Vec::new();
     for task in load {
         unknown.extend(task.await.unwrap());
