@@ -42,6 +42,30 @@ impl ServiceTokens {
         }
     }
 
+    /// Tokens for this service's client credentials in `config` (`auth.client_id`,
+    /// `auth.client_secret`), issued by identity over `identity`, with `scopes`.
+    ///
+    /// # Errors
+    /// The credentials are not configured: `service` cannot call the peers that need them.
+    pub fn from_config(
+        identity: Channel,
+        config: &crate::AuthConfig,
+        service: &str,
+        scopes: &[&str],
+    ) -> Result<Self, bank_platform::BoxError> {
+        let (Some(client_id), Some(secret)) = (&config.client_id, &config.client_secret) else {
+            return Err(
+                format!("auth.client_id: {service} needs client credentials to call the ledger").into()
+            );
+        };
+        Ok(Self::new(
+            identity,
+            client_id.clone(),
+            secret.clone(),
+            scopes.iter().map(|&s| s.to_owned()).collect(),
+        ))
+    }
+
     /// A valid service token.
     ///
     /// # Errors
@@ -80,5 +104,16 @@ impl ServiceTokens {
             .map_err(|_| tonic::Status::internal("service token is not a valid header value"))?;
         request.metadata_mut().insert("authorization", value);
         Ok(())
+    }
+
+    /// `message` as an outgoing request with a service token and the current trace context.
+    ///
+    /// # Errors
+    /// No token could be obtained.
+    pub async fn request<T>(&self, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let mut request = tonic::Request::new(message);
+        self.authorize(&mut request).await?;
+        bank_platform::telemetry::inject_current(request.metadata_mut());
+        Ok(request)
     }
 }

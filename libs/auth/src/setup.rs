@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use bank_platform::{BoxError, redis::Redis};
-use tonic::transport::Endpoint;
 
 use crate::{
     AuthConfig, Authenticator, GrpcJwks, GrpcStatus, Revocation, RevocationKeys, ServiceTokens, StatusSource,
@@ -24,11 +23,11 @@ pub fn remote(config: &AuthConfig, redis: &Redis, public: &[&str]) -> Result<Arc
     let verifier = Arc::new(Verifier::new(Arc::new(jwks), config));
     let fallback: Option<Arc<dyn StatusSource>> = match (&config.client_id, &config.client_secret) {
         (Some(id), Some(secret)) => {
-            let channel = Endpoint::from_shared(config.identity_url.clone())
-                .map_err(|e| format!("auth.identity_url: {e}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect_lazy();
+            let channel = bank_platform::grpc::lazy_channel(
+                "auth.identity_url",
+                &config.identity_url,
+                Duration::from_secs(5),
+            )?;
             let tokens = Arc::new(ServiceTokens::new(
                 channel.clone(),
                 id.clone(),

@@ -7,10 +7,10 @@
 //! administrative views read other people's accounts (which a user token could not), and user
 //! tokens then never travel beyond the service they were presented to.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
-use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, telemetry::inject_current};
+use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, grpc::lazy_channel};
 use bank_proto::{
     common::v1::{Balances, Money},
     ledger::v1::{
@@ -19,7 +19,7 @@ use bank_proto::{
         SummarizeAccountPeriodsRequest, ledger_service_client::LedgerServiceClient,
     },
 };
-use tonic::{Code, Request, transport::Channel, transport::Endpoint};
+use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
 use crate::{config::Config, storage::AccountRow};
@@ -96,34 +96,20 @@ impl Ledger {
     /// # Errors
     /// An address is not a valid endpoint, or the client credentials are missing.
     pub(crate) fn connect(config: &Config) -> Result<Self, BoxError> {
-        let ledger = Endpoint::from_shared(config.ledger_url.clone())
-            .map_err(|e| format!("ledger_url: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(config.ledger_timeout)
-            .connect_lazy();
-        let identity = Endpoint::from_shared(config.auth.identity_url.clone())
-            .map_err(|e| format!("auth.identity_url: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(config.ledger_timeout)
-            .connect_lazy();
-        let (Some(client_id), Some(secret)) = (&config.auth.client_id, &config.auth.client_secret) else {
-            return Err("auth.client_id: accounts needs client credentials to call the ledger".into());
-        };
-        let tokens = ServiceTokens::new(
+        let ledger = lazy_channel("ledger_url", &config.ledger_url, config.ledger_timeout)?;
+        let identity = lazy_channel("auth.identity_url", &config.auth.identity_url, config.ledger_timeout)?;
+        let tokens = ServiceTokens::from_config(
             identity,
-            client_id.clone(),
-            secret.clone(),
-            vec!["ledger:accounts".to_owned(), "ledger:read".to_owned()],
-        );
+            &config.auth,
+            "accounts",
+            &["ledger:accounts", "ledger:read"],
+        )?;
         Ok(Self { client: LedgerServiceClient::new(ledger), tokens: Arc::new(tokens) })
     }
 
     /// `message` with the service token and the current trace context.
     async fn request<T>(&self, message: T) -> Result<Request<T>, Failure> {
-        let mut request = Request::new(message);
-        self.tokens.authorize(&mut request).await.map_err(Failure::Unavailable)?;
-        inject_current(request.metadata_mut());
-        Ok(request)
+        self.tokens.request(message).await.map_err(Failure::Unavailable)
     }
 
     /// Creates the ledger account behind `account` (idempotent by account id: a repeat answers the

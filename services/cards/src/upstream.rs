@@ -6,10 +6,12 @@
 //!   on unchanged: they decide whether the account is the caller's and answer `NOT_FOUND`
 //!   otherwise, so cards never needs a broader grant to look at someone's account or profile.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
-use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, telemetry::inject_current};
+use bank_platform::{
+    BoxError, ErrorCode, ServiceError, error::reason_of, grpc::lazy_channel, telemetry::inject_current,
+};
 use bank_proto::{
     accounts::v1::{Account, GetAccountRequest, accounts_service_client::AccountsServiceClient},
     common::v1::Money,
@@ -20,7 +22,7 @@ use bank_proto::{
         ledger_service_client::LedgerServiceClient,
     },
 };
-use tonic::{Code, Request, transport::Channel, transport::Endpoint};
+use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -93,14 +95,6 @@ fn classify_ledger(status: tonic::Status) -> Failure {
     }
 }
 
-fn endpoint(setting: &str, url: &str, timeout: Duration) -> Result<Channel, BoxError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("{setting}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .connect_lazy())
-}
-
 /// The clients, connected lazily: cards starts (and answers what it can) while they are down.
 #[derive(Clone)]
 pub(crate) struct Upstreams {
@@ -134,29 +128,22 @@ impl Upstreams {
     /// An address is not a valid endpoint, or the client credentials are missing.
     pub(crate) fn connect(config: &Config) -> Result<Self, BoxError> {
         let timeout = config.upstream_timeout;
-        let identity = endpoint("auth.identity_url", &config.auth.identity_url, timeout)?;
-        let (Some(client_id), Some(secret)) = (&config.auth.client_id, &config.auth.client_secret) else {
-            return Err("auth.client_id: cards needs client credentials to call the ledger".into());
-        };
-        let tokens = ServiceTokens::new(
-            identity.clone(),
-            client_id.clone(),
-            secret.clone(),
-            vec!["ledger:holds".to_owned()],
-        );
+        let identity = lazy_channel("auth.identity_url", &config.auth.identity_url, timeout)?;
+        let tokens = ServiceTokens::from_config(identity.clone(), &config.auth, "cards", &["ledger:holds"])?;
         Ok(Self {
-            ledger: LedgerServiceClient::new(endpoint("ledger_url", &config.ledger_url, timeout)?),
-            accounts: AccountsServiceClient::new(endpoint("accounts_url", &config.accounts_url, timeout)?),
+            ledger: LedgerServiceClient::new(lazy_channel("ledger_url", &config.ledger_url, timeout)?),
+            accounts: AccountsServiceClient::new(lazy_channel(
+                "accounts_url",
+                &config.accounts_url,
+                timeout,
+            )?),
             identity: IdentityServiceClient::new(identity),
             tokens: Arc::new(tokens),
         })
     }
 
     async fn service<T>(&self, message: T) -> Result<Request<T>, Failure> {
-        let mut request = Request::new(message);
-        self.tokens.authorize(&mut request).await.map_err(Failure::Unavailable)?;
-        inject_current(request.metadata_mut());
-        Ok(request)
+        self.tokens.request(message).await.map_err(Failure::Unavailable)
     }
 
     /// The caller's account (accounts decides ownership: another user's reads as missing).

@@ -2,15 +2,15 @@
 //! token (scope `ledger:accounts`). User tokens never travel beyond the service they were presented
 //! to; notifications decides ownership from its own projection of `AccountOpened` events.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
-use bank_platform::{BoxError, ErrorCode, ServiceError, telemetry::inject_current};
+use bank_platform::{BoxError, ErrorCode, ServiceError, grpc::lazy_channel};
 use bank_proto::{
     common::v1::Money,
     ledger::v1::{SetLowBalanceThresholdRequest, ledger_service_client::LedgerServiceClient},
 };
-use tonic::{Code, Request, Status, transport::Channel, transport::Endpoint};
+use tonic::{Code, Status, transport::Channel};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -34,25 +34,10 @@ impl Ledger {
     /// # Errors
     /// An address is not a valid endpoint, or the client credentials are missing.
     pub fn connect(config: &Config) -> Result<Self, BoxError> {
-        let ledger = Endpoint::from_shared(config.ledger_url.clone())
-            .map_err(|e| format!("ledger_url: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(config.ledger_timeout)
-            .connect_lazy();
-        let identity = Endpoint::from_shared(config.auth.identity_url.clone())
-            .map_err(|e| format!("auth.identity_url: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(config.ledger_timeout)
-            .connect_lazy();
-        let (Some(client_id), Some(secret)) = (&config.auth.client_id, &config.auth.client_secret) else {
-            return Err("auth.client_id: notifications needs client credentials to call the ledger".into());
-        };
-        let tokens = ServiceTokens::new(
-            identity,
-            client_id.clone(),
-            secret.clone(),
-            vec!["ledger:accounts".to_owned()],
-        );
+        let ledger = lazy_channel("ledger_url", &config.ledger_url, config.ledger_timeout)?;
+        let identity = lazy_channel("auth.identity_url", &config.auth.identity_url, config.ledger_timeout)?;
+        let tokens =
+            ServiceTokens::from_config(identity, &config.auth, "notifications", &["ledger:accounts"])?;
         Ok(Self { client: LedgerServiceClient::new(ledger), tokens: Arc::new(tokens) })
     }
 
@@ -65,10 +50,11 @@ impl Ledger {
         account: Uuid,
         threshold: Option<Money>,
     ) -> Result<Option<i64>, Status> {
-        let mut request =
-            Request::new(SetLowBalanceThresholdRequest { account_id: account.to_string(), threshold });
-        self.tokens.authorize(&mut request).await.map_err(|s| unavailable(&s))?;
-        inject_current(request.metadata_mut());
+        let request = self
+            .tokens
+            .request(SetLowBalanceThresholdRequest { account_id: account.to_string(), threshold })
+            .await
+            .map_err(|s| unavailable(&s))?;
         match self.client.clone().set_low_balance_threshold(request).await {
             Ok(response) => Ok(response
                 .into_inner()
