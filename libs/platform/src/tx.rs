@@ -50,7 +50,8 @@ impl From<Error> for tonic::Status {
 }
 
 /// Serialization failures and deadlocks: the transaction may simply run again.
-fn is_retryable(err: &sqlx::Error) -> bool {
+#[must_use]
+pub fn is_retryable(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(sqlx::error::DatabaseError::code)
         .is_some_and(|code| code == "40001" || code == "40P01")

@@ -356,11 +356,10 @@ pub async fn publish_low_balance(
 /// it (a transfer stores its key last, ADR 0028; the next attempt finds it and replays or refuses).
 #[must_use]
 pub fn is_retryable(err: &sqlx::Error) -> bool {
-    err.as_database_error().is_some_and(|db| match db.code().as_deref() {
-        Some("40001" | "40P01") => true,
-        Some("23505") => db.constraint() == Some("idempotency_keys_pkey"),
-        _ => false,
-    })
+    bank_platform::tx::is_retryable(err)
+        || err.as_database_error().is_some_and(|db| {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some("idempotency_keys_pkey")
+        })
 }
 
 #[cfg(test)]
