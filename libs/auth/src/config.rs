@@ -64,9 +64,7 @@ impl Validate for AuthConfig {
         if self.audience.is_empty() {
             return Err(config::Error::invalid("auth.audience", "must not be empty"));
         }
-        if !(self.identity_url.starts_with("http://") || self.identity_url.starts_with("https://")) {
-            return Err(config::Error::invalid("auth.identity_url", "must be an http:// or https:// URL"));
-        }
+        config::http_url("auth.identity_url", &self.identity_url)?;
         if self.leeway > Duration::from_secs(300) {
             return Err(config::Error::invalid("auth.leeway", "must be at most 5m"));
         }

@@ -54,6 +54,27 @@ impl Principal {
             Subject::Service(_) => None,
         }
     }
+
+    /// The principal as text: the user id, or the service client's id (what idempotency keys
+    /// and "initiated by" columns are scoped by).
+    #[must_use]
+    pub fn name(&self) -> String {
+        match &self.subject {
+            Subject::User(id) => id.to_string(),
+            Subject::Service(client) => client.clone(),
+        }
+    }
+}
+
+/// The calling user, or `PERMISSION_DENIED` for a service token (the RPC acts for a person and
+/// answers their own objects).
+///
+/// # Errors
+/// No principal, or a service principal.
+pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Uuid, tonic::Status> {
+    principal(request)?
+        .user_id()
+        .ok_or_else(|| ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into())
 }
 
 /// The authenticated principal of a call, or `UNAUTHENTICATED`.
@@ -105,6 +126,21 @@ pub fn require_staff<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<P
     let principal = principal(request)?;
     check_staff(principal, roles)?;
     Ok(principal.clone())
+}
+
+/// [`require_staff`], answering the staff member's user id with the principal.
+///
+/// # Errors
+/// As [`require_staff`].
+pub fn require_staff_user<T>(
+    request: &tonic::Request<T>,
+    roles: &[&str],
+) -> Result<(Uuid, Principal), tonic::Status> {
+    let principal = require_staff(request, roles)?;
+    let user = principal
+        .user_id()
+        .ok_or_else(|| tonic::Status::from(ServiceError::new(ErrorCode::PermissionDenied, "not allowed")))?;
+    Ok((user, principal))
 }
 
 /// [`require_staff`] for a principal already in hand.

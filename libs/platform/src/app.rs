@@ -129,6 +129,18 @@ impl AppBuilder {
         self
     }
 
+    /// Deletes idempotency keys older than `retention` every hour ([`crate::idempotency::purge`]).
+    /// Call after [`database`](Self::database); without a pool it changes nothing.
+    #[must_use]
+    pub fn purge_idempotency(mut self, retention: Duration) -> Self {
+        if let Some(pool) = self.pool.clone() {
+            self.tasks.push(Box::new(move |stop| {
+                Box::pin(crate::idempotency::purge_periodically(pool, retention, stop))
+            }));
+        }
+        self
+    }
+
     /// Fills the authentication slot of the gRPC stack.
     #[must_use]
     pub fn authenticator(mut self, authenticator: Arc<dyn Authenticate>) -> Self {

@@ -403,10 +403,8 @@ impl Default for TelemetryConfig {
 
 impl Validate for TelemetryConfig {
     fn validate(&self) -> Result<(), Error> {
-        if let Some(endpoint) = &self.otlp_endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            return Err(Error::invalid("telemetry.otlp_endpoint", "must be an http:// or https:// URL"));
+        if let Some(endpoint) = &self.otlp_endpoint {
+            http_url("telemetry.otlp_endpoint", endpoint)?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map(|_| ())
@@ -441,8 +439,70 @@ impl Validate for BaseConfig {
     }
 }
 
-fn positive(setting: &str, value: Duration) -> Result<(), Error> {
+/// The reconciler of a saga (accounts: openings and mirrored changes; cards: authorizations):
+/// finishes work a crash or an unreachable peer left unfinished, with exponential backoff per item.
+/// Read from `[reconciler]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcilerConfig {
+    /// How often it looks for unfinished work.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How old an unfinished step must be before the reconciler takes it over (the request that
+    /// started it is normally done long before). Also the first retry delay; later retries of the
+    /// same item back off exponentially up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub stuck_after: Duration,
+    /// Longest delay between two attempts on the same item.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Items taken per round.
+    pub batch_size: u32,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            stuck_after: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(300),
+            batch_size: 100,
+        }
+    }
+}
+
+impl Validate for ReconcilerConfig {
+    fn validate(&self) -> Result<(), Error> {
+        positive("reconciler.interval", self.interval)?;
+        positive("reconciler.stuck_after", self.stuck_after)?;
+        if self.max_backoff < self.stuck_after {
+            return Err(Error::invalid("reconciler.max_backoff", "must be at least reconciler.stuck_after"));
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(Error::invalid("reconciler.batch_size", "must be 1 to 1000"));
+        }
+        Ok(())
+    }
+}
+
+/// A duration setting that must not be zero.
+///
+/// # Errors
+/// `setting` is zero.
+pub fn positive(setting: &str, value: Duration) -> Result<(), Error> {
     if value.is_zero() { Err(Error::invalid(setting, "must be greater than zero")) } else { Ok(()) }
+}
+
+/// A URL setting that must be `http://` or `https://` (a peer's gRPC address, a collector).
+///
+/// # Errors
+/// Another scheme.
+pub fn http_url(setting: &str, value: &str) -> Result<(), Error> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(Error::invalid(setting, "must be an http:// or https:// URL"))
+    }
 }
 
 #[cfg(test)]

@@ -227,10 +227,17 @@ impl ServiceError {
         Self { code, message: message.into(), violations: Vec::new() }
     }
 
-    /// A `VALIDATION_FAILED` error carrying field violations.
+    /// A `VALIDATION_FAILED` error carrying field violations — or `CURRENCY_NOT_SUPPORTED` (with
+    /// every violation still attached) when one of them is an unsupported currency, the more
+    /// specific reason a client can act on.
     #[must_use]
     pub fn invalid(violations: Vec<FieldViolation>) -> Self {
-        Self { code: ErrorCode::ValidationFailed, message: "the request is invalid".to_owned(), violations }
+        let code = if violations.iter().any(|v| v.code == "CURRENCY_NOT_SUPPORTED") {
+            ErrorCode::CurrencyNotSupported
+        } else {
+            ErrorCode::ValidationFailed
+        };
+        Self { code, message: "the request is invalid".to_owned(), violations }
     }
 
     /// An internal error. The cause is logged here, once, with the request's span; the client only

@@ -36,7 +36,7 @@ pub const TABLE_DDL: &str = "CREATE TABLE idempotency_keys (
 )";
 
 /// A scoped key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// Who (user id or service client id).
     pub principal: String,

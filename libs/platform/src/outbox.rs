@@ -24,11 +24,18 @@ impl Event {
     /// The row for `payload` about `subject`, stamped with the current trace context.
     #[must_use]
     pub fn new<M: Message + prost::Name>(subject: &str, payload: &M) -> Self {
+        Self::traced(subject, payload, crate::telemetry::current_traceparent())
+    }
+
+    /// The row for `payload` about `subject`, stamped with `traceparent` (the trace of the request
+    /// that caused it, when the row is written by another task: a batch of the ledger's engine).
+    #[must_use]
+    pub fn traced<M: Message + prost::Name>(subject: &str, payload: &M, traceparent: Option<String>) -> Self {
         Self {
             event_id: uuid::Uuid::now_v7(),
             event_type: M::full_name(),
             subject: subject.to_owned(),
-            traceparent: crate::telemetry::current_traceparent(),
+            traceparent,
             payload: payload.encode_to_vec(),
         }
     }

@@ -79,6 +79,8 @@ pub mod bank {
     }
 }
 
+pub mod convert;
+
 pub use bank::{accounts, cards, common, events, identity, ledger, notifications};
 
 /// A `Debug` for generated messages that carry a full PAN or a CVV (their derived `Debug` is

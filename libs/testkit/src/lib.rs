@@ -13,6 +13,7 @@
 
 mod database;
 pub mod identity;
+pub mod logs;
 pub mod probe;
 pub mod process;
 mod proxy;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use bank_auth::AuthConfig;
-use bank_platform::config::{self, DatabaseConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
+use bank_platform::config::{
+    self, DatabaseConfig, ReconcilerConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate, positive,
+};
 use serde::Deserialize;
 
 /// Everything accounts reads at start.
@@ -51,41 +53,6 @@ const fn default_idempotency_retention() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
-/// The reconciler: finishes accounts stuck in `opening` and account changes stuck in `pending`
-/// (a crash between saga steps, or an unreachable ledger).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
-    /// How often it looks for unfinished work.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// How old an unfinished step must be before the reconciler takes it over (the request that
-    /// started it is normally done long before). Also the first retry delay; later retries of the
-    /// same item back off exponentially up to `max_backoff`.
-    #[serde(with = "humantime_serde")]
-    pub stuck_after: Duration,
-    /// Longest delay between two attempts on the same item.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// Items taken per round.
-    pub batch_size: u32,
-}
-
-impl Default for ReconcilerConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2),
-            stuck_after: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(300),
-            batch_size: 100,
-        }
-    }
-}
-
-fn positive(setting: &str, value: Duration) -> Result<(), config::Error> {
-    if value.is_zero() { Err(config::Error::invalid(setting, "must be greater than zero")) } else { Ok(()) }
-}
-
 impl Validate for Config {
     fn validate(&self) -> Result<(), config::Error> {
         self.server.validate()?;
@@ -99,24 +66,12 @@ impl Validate for Config {
                 "accounts needs client credentials (auth.client_id and auth.client_secret) to call the ledger",
             ));
         }
-        if !(self.ledger_url.starts_with("http://") || self.ledger_url.starts_with("https://")) {
-            return Err(config::Error::invalid("ledger_url", "must be an http:// or https:// URL"));
-        }
+        config::http_url("ledger_url", &self.ledger_url)?;
         positive("ledger_timeout", self.ledger_timeout)?;
         if self.ledger_timeout > Duration::from_secs(60) {
             return Err(config::Error::invalid("ledger_timeout", "must be at most 1m"));
         }
-        positive("reconciler.interval", self.reconciler.interval)?;
-        positive("reconciler.stuck_after", self.reconciler.stuck_after)?;
-        if self.reconciler.max_backoff < self.reconciler.stuck_after {
-            return Err(config::Error::invalid(
-                "reconciler.max_backoff",
-                "must be at least reconciler.stuck_after",
-            ));
-        }
-        if !(1..=1000).contains(&self.reconciler.batch_size) {
-            return Err(config::Error::invalid("reconciler.batch_size", "must be 1 to 1000"));
-        }
+        self.reconciler.validate()?;
         if self.idempotency_retention < Duration::from_secs(3600) {
             return Err(config::Error::invalid("idempotency_retention", "must be at least 1h"));
         }

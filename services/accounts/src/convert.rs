@@ -2,9 +2,8 @@
 
 use bank_proto::{
     accounts::v1::{Account, AccountProduct, AccountStatus, Freeze},
-    common::v1::{Balances, Money},
+    common::v1::Balances,
 };
-use time::OffsetDateTime;
 
 use crate::{
     domain::{Product, Status},
@@ -18,16 +17,7 @@ pub(crate) enum View {
     Staff,
 }
 
-pub(crate) fn timestamp(at: OffsetDateTime) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
-    }
-}
-
-pub(crate) fn money(currency: &str, minor_units: i64) -> Money {
-    Money { currency: currency.to_owned(), minor_units }
-}
+pub(crate) use bank_proto::convert::{money, timestamp};
 
 pub(crate) const fn product(product: Product) -> AccountProduct {
     match product {

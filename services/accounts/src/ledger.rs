@@ -10,7 +10,13 @@
 use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
-use bank_platform::{BoxError, ErrorCode, ServiceError, error::reason_of, grpc::lazy_channel};
+use bank_platform::{
+    BoxError,
+    grpc::{
+        lazy_channel,
+        upstream::{self, Credentials},
+    },
+};
 use bank_proto::{
     common::v1::{Balances, Money},
     ledger::v1::{
@@ -19,61 +25,17 @@ use bank_proto::{
         SummarizeAccountPeriodsRequest, ledger_service_client::LedgerServiceClient,
     },
 };
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 
 use crate::{config::Config, storage::AccountRow};
 
-/// How the ledger answered a call that did not succeed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// A definitive refusal (e.g. `BALANCE_NOT_ZERO`): calling again would be refused again.
-    Refused(ServiceError),
-    /// The outcome is unknown or the ledger (or identity, for the token) could not answer: safe to
-    /// call again, which is what the reconciler does.
-    Unavailable(tonic::Status),
-}
+pub(crate) use bank_platform::grpc::upstream::Failure;
 
-impl Failure {
-    /// A definitive refusal keeps the ledger's reason and message; anything else is UNAVAILABLE for
-    /// the client (the cause is logged once here).
-    pub(crate) fn into_client_error(self, retry_hint: &str) -> ServiceError {
-        match self {
-            Self::Refused(refused) => refused,
-            Self::Unavailable(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "ledger call failed");
-                ServiceError::new(ErrorCode::Unavailable, retry_hint)
-            }
-        }
-    }
-}
-
+/// The ledger is called with this service's own token: an authentication or permission refusal
+/// is our misconfiguration, which the reconciler outlives once fixed.
 fn classify(status: tonic::Status) -> Failure {
-    match status.code() {
-        Code::FailedPrecondition
-        | Code::InvalidArgument
-        | Code::NotFound
-        | Code::AlreadyExists
-        | Code::OutOfRange => {
-            let code = reason_of(&status).unwrap_or(ErrorCode::FailedPrecondition);
-            Failure::Refused(ServiceError::new(code, status.message()))
-        }
-        // Unavailable, DeadlineExceeded, transport errors (Unknown), Internal, ResourceExhausted,
-        // Aborted, Cancelled, and also Unauthenticated/PermissionDenied (our credentials or
-        // scopes are misconfigured: fixing the configuration lets the reconciler finish).
-        Code::Ok
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::DeadlineExceeded
-        | Code::PermissionDenied
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::Unimplemented
-        | Code::Internal
-        | Code::Unavailable
-        | Code::DataLoss
-        | Code::Unauthenticated => Failure::Unavailable(status),
-    }
+    upstream::classify(status, Credentials::Own)
 }
 
 /// The ledger client with this service's credentials.

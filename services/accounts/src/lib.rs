@@ -68,15 +68,13 @@ impl Service for Accounts {
         // Every RPC needs a token: none of this service's RPCs is public.
         let authenticator = bank_auth::setup::remote(&config.auth, &redis, &[])?;
         let reconciler = config.reconciler.clone();
-        let retention = config.idempotency_retention;
-        let purge_pool = pool.clone();
         AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
             .relay_outbox()
             .authenticator(authenticator)
             .task(move |stop| saga::reconcile(core, reconciler, stop))
-            .task(move |stop| bank_platform::idempotency::purge_periodically(purge_pool, retention, stop))
+            .purge_idempotency(config.idempotency_retention)
             .bind()
             .await
     }

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use bank_platform::{
     ErrorCode, ServiceError,
+    config::ReconcilerConfig,
     idempotency::{self, Begin, Key},
     outbox,
 };
@@ -51,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    config::ReconcilerConfig,
     convert::{self, View},
     domain::{AccountNumber, Action, Nickname, Product, Reason, Refusal},
     ledger::{Failure, Ledger},

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use bank_auth::AuthConfig;
-use bank_platform::config::{self, DatabaseConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
+use bank_platform::config::{
+    self, DatabaseConfig, ReconcilerConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate, http_url,
+    positive,
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -130,48 +133,6 @@ impl Default for CardsConfig {
     }
 }
 
-/// The reconciler: finishes authorizations stuck between the card-side record and the ledger
-/// hold, and expires approved authorizations nobody captured.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
-    /// How often it looks for unfinished work.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// How old an unfinished authorization must be before the reconciler takes it over; also the
-    /// first retry delay (later ones back off exponentially up to `max_backoff`).
-    #[serde(with = "humantime_serde")]
-    pub stuck_after: Duration,
-    /// Longest delay between two attempts on the same authorization.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// Items taken per round.
-    pub batch_size: u32,
-}
-
-impl Default for ReconcilerConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2),
-            stuck_after: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(300),
-            batch_size: 100,
-        }
-    }
-}
-
-fn positive(setting: &str, value: Duration) -> Result<(), config::Error> {
-    if value.is_zero() { Err(config::Error::invalid(setting, "must be greater than zero")) } else { Ok(()) }
-}
-
-fn url(setting: &str, value: &str) -> Result<(), config::Error> {
-    if value.starts_with("http://") || value.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(config::Error::invalid(setting, "must be an http:// or https:// URL"))
-    }
-}
-
 impl Validate for Config {
     fn validate(&self) -> Result<(), config::Error> {
         self.server.validate()?;
@@ -187,8 +148,8 @@ impl Validate for Config {
         }
         crate::vault::Keyring::parse(&self.vault.keks)
             .map_err(|m| config::Error::invalid("vault.keks", m))?;
-        url("ledger_url", &self.ledger_url)?;
-        url("accounts_url", &self.accounts_url)?;
+        http_url("ledger_url", &self.ledger_url)?;
+        http_url("accounts_url", &self.accounts_url)?;
         positive("upstream_timeout", self.upstream_timeout)?;
         if self.upstream_timeout > Duration::from_secs(60) {
             return Err(config::Error::invalid("upstream_timeout", "must be at most 1m"));
@@ -228,17 +189,7 @@ impl Validate for Config {
         if cards.reveals_per_hour == 0 {
             return Err(config::Error::invalid("cards.reveals_per_hour", "must be at least 1"));
         }
-        positive("reconciler.interval", self.reconciler.interval)?;
-        positive("reconciler.stuck_after", self.reconciler.stuck_after)?;
-        if self.reconciler.max_backoff < self.reconciler.stuck_after {
-            return Err(config::Error::invalid(
-                "reconciler.max_backoff",
-                "must be at least reconciler.stuck_after",
-            ));
-        }
-        if !(1..=1000).contains(&self.reconciler.batch_size) {
-            return Err(config::Error::invalid("reconciler.batch_size", "must be 1 to 1000"));
-        }
+        self.reconciler.validate()?;
         if self.idempotency_retention < Duration::from_secs(3600) {
             return Err(config::Error::invalid("idempotency_retention", "must be at least 1h"));
         }

@@ -1,31 +1,15 @@
 //! Rows as contract messages. Never a PAN: cards carry the last four digits only.
 
-use bank_proto::{
-    cards::v1::{
-        Authorization, AuthorizationStatus, Card, CardLimits, CardProduct, CardStatus, DeclineReason,
-        Merchant,
-    },
-    common::v1::Money,
+use bank_proto::cards::v1::{
+    Authorization, AuthorizationStatus, Card, CardLimits, CardProduct, CardStatus, DeclineReason, Merchant,
 };
-use time::OffsetDateTime;
 
 use crate::{
     domain::{Decline, Status},
     storage::{AuthRow, AuthStatus, CardRow},
 };
 
-/// A timestamp message.
-pub(crate) fn timestamp(at: OffsetDateTime) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
-    }
-}
-
-/// A money message.
-pub(crate) fn money(currency: &str, minor_units: i64) -> Money {
-    Money { currency: currency.to_owned(), minor_units }
-}
+pub(crate) use bank_proto::convert::{money, timestamp};
 
 /// The contract's card status.
 pub(crate) const fn card_status(status: Status) -> CardStatus {

@@ -8,8 +8,13 @@
 //! Not built (they answer `UNIMPLEMENTED`, the generated default): credit lines and card statements
 //! (`GetCreditLine`, `ListCardStatements`, `GetCardStatement`): only debit cards exist.
 
-use bank_auth::{Principal, Subject, principal};
-use bank_platform::{ErrorCode, FieldViolation, ServiceError, idempotency, outbox, pagination::Page};
+use bank_auth::{Subject, principal};
+use bank_platform::{
+    ErrorCode, FieldViolation, ServiceError,
+    grpc::fields::{self, answer, internal, invalid, refused},
+    idempotency, outbox,
+    pagination::Page,
+};
 use bank_proto::{
     cards::v1::{cards_admin_service_server::CardsAdminService, cards_service_server::CardsService, *},
     common::v1::{Money, PageInfo},
@@ -78,31 +83,6 @@ impl Api {
     }
 }
 
-fn internal<E: std::error::Error + 'static>(err: E) -> Status {
-    ServiceError::internal(&err).into()
-}
-
-fn invalid(field: &str, code: &str, description: &str) -> Status {
-    ServiceError::invalid(vec![FieldViolation::new(field, code, description)]).into()
-}
-
-fn refused(code: ErrorCode, message: &str) -> Status {
-    ServiceError::new(code, message).into()
-}
-
-/// A required UUID field.
-fn uuid_field(field: &str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "REQUIRED", "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(field, "INVALID_FORMAT", "must be a UUID"))
-}
-
-/// An optional UUID filter.
-fn uuid_filter(field: &str, value: &str) -> Result<Option<Uuid>, Status> {
-    if value.is_empty() { Ok(None) } else { uuid_field(field, value).map(Some) }
-}
-
 /// A positive amount with a three-letter currency.
 fn money_field(field: &str, value: Option<&Money>) -> Result<(String, i64), Status> {
     let Some(money) = value else {
@@ -115,23 +95,6 @@ fn money_field(field: &str, value: Option<&Money>) -> Result<(String, i64), Stat
         return Err(invalid(&format!("{field}.minor_units"), "NOT_POSITIVE", "must be positive"));
     }
     Ok((money.currency.clone(), money.minor_units))
-}
-
-fn answer<T>(message: T, replayed: bool) -> Response<T> {
-    let mut response = Response::new(message);
-    if replayed {
-        response
-            .metadata_mut()
-            .insert(idempotency::REPLAYED, tonic::metadata::MetadataValue::from_static("true"));
-    }
-    response
-}
-
-/// The calling user (a service token is refused: these RPCs act for a person).
-fn user<T>(request: &Request<T>) -> Result<Uuid, Status> {
-    principal(request)?
-        .user_id()
-        .ok_or_else(|| refused(ErrorCode::PermissionDenied, "a user token is required"))
 }
 
 /// The caller's own bearer token (passed on to accounts and identity, which decide ownership).
@@ -166,32 +129,6 @@ fn reader<T>(request: &Request<T>) -> Result<Option<Uuid>, Status> {
         Subject::User(user) => Ok(Some(*user)),
         Subject::Service(_) => Err(refused(ErrorCode::PermissionDenied, "not allowed")),
     }
-}
-
-/// The calling staff member holding one of `roles`, with a recent second factor.
-fn staff<T>(request: &Request<T>, roles: &[&str]) -> Result<(Uuid, Principal), Status> {
-    let principal = bank_auth::require_staff(request, roles)?;
-    let user = principal.user_id().ok_or_else(|| refused(ErrorCode::PermissionDenied, "not allowed"))?;
-    Ok((user, principal))
-}
-
-/// The required idempotency key of a call.
-fn required_key<T>(
-    request: &Request<T>,
-    principal: &str,
-    rpc: &'static str,
-) -> Result<idempotency::Key, Status> {
-    idempotency::key_of(request.metadata(), principal, rpc, true)?
-        .ok_or_else(|| refused(ErrorCode::IdempotencyKeyRequired, "an idempotency key is required"))
-}
-
-/// An optional idempotency key.
-fn optional_key<T>(
-    request: &Request<T>,
-    principal: Uuid,
-    rpc: &'static str,
-) -> Result<Option<idempotency::Key>, Status> {
-    Ok(idempotency::key_of(request.metadata(), &principal.to_string(), rpc, false)?)
 }
 
 /// A reason of an administrative action.
@@ -449,12 +386,12 @@ impl Api {
 #[tonic::async_trait]
 impl CardsService for Api {
     async fn issue_card(&self, request: Request<IssueCardRequest>) -> Answer<IssueCardResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let bearer = bearer_of(&request)?;
-        let key = optional_key(&request, owner, ISSUE)?;
+        let key = fields::optional_key(&request, &owner.to_string(), ISSUE)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let account_id = uuid_field("account_id", &req.account_id)?;
+        let account_id = fields::uuid("account_id", &req.account_id)?;
         let name = req.cardholder_name.trim().to_owned();
         if name.chars().count() > 26 || name.chars().any(char::is_control) {
             return Err(invalid("cardholder_name", "INVALID", "at most 26 characters"));
@@ -539,13 +476,13 @@ impl CardsService for Api {
     }
 
     async fn list_cards(&self, request: Request<ListCardsRequest>) -> Answer<ListCardsResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let req = request.into_inner();
         let page_request = req.page.unwrap_or_default();
         let page = Page::parse(page_request.page_size, &page_request.page_token, CARDS_PAGE, 50, 200)?;
         let filter = CardFilter {
             owner: Some(owner),
-            account: uuid_filter("account_id", &req.account_id)?,
+            account: fields::optional_uuid("account_id", &req.account_id)?,
             statuses: (!req.include_inactive).then(|| vec!["active", "frozen"]),
             expired: (!req.include_inactive).then_some(false),
             ..CardFilter::default()
@@ -562,17 +499,17 @@ impl CardsService for Api {
     }
 
     async fn get_card(&self, request: Request<GetCardRequest>) -> Answer<GetCardResponse> {
-        let owner = user(&request)?;
-        let card_id = uuid_field("card_id", &request.get_ref().card_id)?;
+        let owner = bank_auth::require_user(&request)?;
+        let card_id = fields::uuid("card_id", &request.get_ref().card_id)?;
         let row = self.owned_card(card_id, Some(owner)).await?;
         Ok(Response::new(GetCardResponse { card: Some(self.card(&row)) }))
     }
 
     async fn freeze_card(&self, request: Request<FreezeCardRequest>) -> Answer<FreezeCardResponse> {
-        let owner = user(&request)?;
-        let key = optional_key(&request, owner, FREEZE)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::optional_key(&request, &owner.to_string(), FREEZE)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let hash = idempotency::request_hash(&req.encode_to_vec());
         let (card, replayed) =
             self.change(card_id, Some(owner), key, hash, Change::Freeze, false, None).await?;
@@ -580,10 +517,10 @@ impl CardsService for Api {
     }
 
     async fn unfreeze_card(&self, request: Request<UnfreezeCardRequest>) -> Answer<UnfreezeCardResponse> {
-        let owner = user(&request)?;
-        let key = optional_key(&request, owner, UNFREEZE)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::optional_key(&request, &owner.to_string(), UNFREEZE)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let hash = idempotency::request_hash(&req.encode_to_vec());
         let (card, replayed) =
             self.change(card_id, Some(owner), key, hash, Change::Unfreeze, false, None).await?;
@@ -594,10 +531,10 @@ impl CardsService for Api {
         &self,
         request: Request<ReportCardLostRequest>,
     ) -> Answer<ReportCardLostResponse> {
-        let owner = user(&request)?;
-        let key = optional_key(&request, owner, REPORT_LOST)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::optional_key(&request, &owner.to_string(), REPORT_LOST)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let hash = idempotency::request_hash(&req.encode_to_vec());
         let (card, replayed) =
             self.change(card_id, Some(owner), key, hash, Change::ReportLost, req.stolen, None).await?;
@@ -605,12 +542,12 @@ impl CardsService for Api {
     }
 
     async fn replace_card(&self, request: Request<ReplaceCardRequest>) -> Answer<ReplaceCardResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let bearer = bearer_of(&request)?;
-        let key = optional_key(&request, owner, REPLACE)?;
+        let key = fields::optional_key(&request, &owner.to_string(), REPLACE)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let old = self.owned_card(card_id, Some(owner)).await?;
         let account = self.core.upstreams.account(&bearer, old.account_id).await.map_err(upstream_error)?;
         usable_account(&account)?;
@@ -681,11 +618,11 @@ impl CardsService for Api {
     }
 
     async fn set_card_limits(&self, request: Request<SetCardLimitsRequest>) -> Answer<SetCardLimitsResponse> {
-        let owner = user(&request)?;
-        let key = optional_key(&request, owner, SET_LIMITS)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::optional_key(&request, &owner.to_string(), SET_LIMITS)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         if req.limits.is_none() {
             return Err(invalid("limits", "REQUIRED", "is required"));
         }
@@ -730,10 +667,10 @@ impl CardsService for Api {
     }
 
     async fn close_card(&self, request: Request<CloseCardRequest>) -> Answer<CloseCardResponse> {
-        let owner = user(&request)?;
-        let key = optional_key(&request, owner, CLOSE)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::optional_key(&request, &owner.to_string(), CLOSE)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let hash = idempotency::request_hash(&req.encode_to_vec());
         let (card, replayed) =
             self.change(card_id, Some(owner), key, hash, Change::Close, false, None).await?;
@@ -742,7 +679,7 @@ impl CardsService for Api {
 
     async fn reveal_card_pan(&self, request: Request<RevealCardPanRequest>) -> Answer<RevealCardPanResponse> {
         let principal = principal(&request)?.clone();
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let bearer = bearer_of(&request)?;
         let text = |name: &str| {
             request.metadata().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default()
@@ -755,7 +692,7 @@ impl CardsService for Api {
             request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default()
         };
         let user_agent: String = text("user-agent").chars().take(256).collect();
-        let card_id = uuid_field("card_id", &request.get_ref().card_id)?;
+        let card_id = fields::uuid("card_id", &request.get_ref().card_id)?;
         let row = self.owned_card(card_id, Some(owner)).await?;
         match row.status {
             CardState::Closed => return Err(refused(ErrorCode::CardClosed, "the card is closed")),
@@ -819,10 +756,10 @@ impl CardsService for Api {
         request: Request<AuthorizeChargeRequest>,
     ) -> Answer<AuthorizeChargeResponse> {
         let (principal, owner) = charger(&request, self.core.settings.allow_owner_charges)?;
-        let key = required_key(&request, &principal, AUTHORIZE)?;
+        let key = fields::required_key(&request, &principal, AUTHORIZE)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let mut violations = Vec::new();
         let merchant = req.merchant.unwrap_or_default();
         let name = merchant.name.trim().to_owned();
@@ -879,7 +816,7 @@ impl CardsService for Api {
     async fn list_charges(&self, request: Request<ListChargesRequest>) -> Answer<ListChargesResponse> {
         let owner = reader(&request)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let status = match AuthorizationStatus::try_from(req.status) {
             Ok(AuthorizationStatus::Unspecified) => None,
             Ok(AuthorizationStatus::Approved) => Some("approved"),
@@ -906,8 +843,8 @@ impl CardsService for Api {
     async fn get_charge(&self, request: Request<GetChargeRequest>) -> Answer<GetChargeResponse> {
         let owner = reader(&request)?;
         let req = request.into_inner();
-        let card_id = uuid_field("card_id", &req.card_id)?;
-        let authorization_id = uuid_field("authorization_id", &req.authorization_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
+        let authorization_id = fields::uuid("authorization_id", &req.authorization_id)?;
         self.owned_card(card_id, owner).await?;
         let row = {
             let mut conn = self.core.pool.acquire().await.map_err(internal)?;
@@ -921,7 +858,7 @@ impl CardsService for Api {
 
     async fn capture_charge(&self, request: Request<CaptureChargeRequest>) -> Answer<CaptureChargeResponse> {
         let (principal, owner) = charger(&request, self.core.settings.allow_owner_charges)?;
-        let key = required_key(&request, &principal, CAPTURE)?;
+        let key = fields::required_key(&request, &principal, CAPTURE)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let amount = match req.amount.as_ref() {
@@ -931,9 +868,9 @@ impl CardsService for Api {
         let op = Operation {
             key,
             request_hash,
-            card_id: uuid_field("card_id", &req.card_id)?,
+            card_id: fields::uuid("card_id", &req.card_id)?,
             owner,
-            authorization_id: uuid_field("authorization_id", &req.authorization_id)?,
+            authorization_id: fields::uuid("authorization_id", &req.authorization_id)?,
             amount,
         };
         let (authorization, replayed) = saga::capture(&self.core, op).await?;
@@ -942,15 +879,15 @@ impl CardsService for Api {
 
     async fn void_charge(&self, request: Request<VoidChargeRequest>) -> Answer<VoidChargeResponse> {
         let (principal, owner) = charger(&request, self.core.settings.allow_owner_charges)?;
-        let key = required_key(&request, &principal, VOID)?;
+        let key = fields::required_key(&request, &principal, VOID)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let op = Operation {
             key,
             request_hash,
-            card_id: uuid_field("card_id", &req.card_id)?,
+            card_id: fields::uuid("card_id", &req.card_id)?,
             owner,
-            authorization_id: uuid_field("authorization_id", &req.authorization_id)?,
+            authorization_id: fields::uuid("authorization_id", &req.authorization_id)?,
             amount: None,
         };
         let (authorization, replayed) = saga::void(&self.core, op).await?;
@@ -959,15 +896,15 @@ impl CardsService for Api {
 
     async fn refund_charge(&self, request: Request<RefundChargeRequest>) -> Answer<RefundChargeResponse> {
         let (principal, owner) = charger(&request, self.core.settings.allow_owner_charges)?;
-        let key = required_key(&request, &principal, REFUND)?;
+        let key = fields::required_key(&request, &principal, REFUND)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let op = Operation {
             key,
             request_hash,
-            card_id: uuid_field("card_id", &req.card_id)?,
+            card_id: fields::uuid("card_id", &req.card_id)?,
             owner,
-            authorization_id: uuid_field("authorization_id", &req.authorization_id)?,
+            authorization_id: fields::uuid("authorization_id", &req.authorization_id)?,
             amount: Some(money_field("amount", req.amount.as_ref())?),
         };
         let (response, replayed) = saga::refund(&self.core, op).await?;
@@ -1005,7 +942,7 @@ fn time_filter(
 #[tonic::async_trait]
 impl CardsAdminService for Api {
     async fn search_cards(&self, request: Request<SearchCardsRequest>) -> Answer<SearchCardsResponse> {
-        staff(&request, &["admin", "support"])?;
+        bank_auth::require_staff_user(&request, &["admin", "support"])?;
         let req = request.into_inner();
         let (statuses, expired) = status_filter(req.status)?;
         if !req.last_four.is_empty()
@@ -1014,8 +951,8 @@ impl CardsAdminService for Api {
             return Err(invalid("last_four", "INVALID_FORMAT", "four digits"));
         }
         let filter = CardFilter {
-            owner: uuid_filter("owner_user_id", &req.owner_user_id)?,
-            account: uuid_filter("account_id", &req.account_id)?,
+            owner: fields::optional_uuid("owner_user_id", &req.owner_user_id)?,
+            account: fields::optional_uuid("account_id", &req.account_id)?,
             last_four: (!req.last_four.is_empty()).then_some(req.last_four),
             statuses,
             expired,
@@ -1033,8 +970,8 @@ impl CardsAdminService for Api {
     }
 
     async fn admin_get_card(&self, request: Request<AdminGetCardRequest>) -> Answer<AdminGetCardResponse> {
-        staff(&request, &["admin", "support"])?;
-        let card_id = uuid_field("card_id", &request.get_ref().card_id)?;
+        bank_auth::require_staff_user(&request, &["admin", "support"])?;
+        let card_id = fields::uuid("card_id", &request.get_ref().card_id)?;
         let row = self.owned_card(card_id, None).await?;
         Ok(Response::new(AdminGetCardResponse { card: Some(self.card(&row)) }))
     }
@@ -1043,11 +980,11 @@ impl CardsAdminService for Api {
         &self,
         request: Request<ForceCloseCardRequest>,
     ) -> Answer<ForceCloseCardResponse> {
-        let (actor, _) = staff(&request, &["admin"])?;
-        let key = optional_key(&request, actor, FORCE_CLOSE)?;
+        let (actor, _) = bank_auth::require_staff_user(&request, &["admin"])?;
+        let key = fields::optional_key(&request, &actor.to_string(), FORCE_CLOSE)?;
         let req = request.into_inner();
         let hash = idempotency::request_hash(&req.encode_to_vec());
-        let card_id = uuid_field("card_id", &req.card_id)?;
+        let card_id = fields::uuid("card_id", &req.card_id)?;
         let reason = reason_field(&req.reason)?;
         let (card, replayed) =
             self.change(card_id, None, key, hash, Change::Close, false, Some((actor, reason))).await?;
@@ -1064,7 +1001,7 @@ impl CardsAdminService for Api {
     }
 
     async fn list_declines(&self, request: Request<ListDeclinesRequest>) -> Answer<ListDeclinesResponse> {
-        staff(&request, &["admin", "support"])?;
+        bank_auth::require_staff_user(&request, &["admin", "support"])?;
         let req = request.into_inner();
         let reason = match DeclineReason::try_from(req.reason) {
             Ok(DeclineReason::Unspecified) => None,
@@ -1077,7 +1014,7 @@ impl CardsAdminService for Api {
             ),
             Err(_) => return Err(invalid("reason", "INVALID", "unknown reason")),
         };
-        let card_id = uuid_filter("card_id", &req.card_id)?;
+        let card_id = fields::optional_uuid("card_id", &req.card_id)?;
         let from = time_filter("from_time", req.from_time)?;
         let to = time_filter("to_time", req.to_time)?;
         let page_request = req.page.unwrap_or_default();
@@ -1099,7 +1036,7 @@ impl CardsAdminService for Api {
         &self,
         request: Request<GetVaultStatusRequest>,
     ) -> Answer<GetVaultStatusResponse> {
-        staff(&request, &["admin"])?;
+        bank_auth::require_staff_user(&request, &["admin"])?;
         let keys = self.vault_keys().await?;
         Ok(Response::new(GetVaultStatusResponse { keys }))
     }
@@ -1111,7 +1048,7 @@ impl CardsAdminService for Api {
         /// Keys re-wrapped per transaction, and per call (a repeat continues).
         const BATCH: i64 = 500;
         const PER_CALL: i64 = 20_000;
-        let (actor, _) = staff(&request, &["admin"])?;
+        let (actor, _) = bank_auth::require_staff_user(&request, &["admin"])?;
         let req = request.into_inner();
         let reason = reason_field(&req.reason)?;
         if req.new_kek_id.is_empty() {

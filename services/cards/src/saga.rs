@@ -37,6 +37,7 @@ use std::{sync::Arc, time::Duration};
 
 use bank_platform::{
     ErrorCode, ServiceError,
+    config::ReconcilerConfig,
     idempotency::{self, Begin, Key},
     outbox,
 };
@@ -52,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    config::{CardsConfig, ReconcilerConfig},
+    config::CardsConfig,
     convert::{self, money},
     domain::{self, Decline},
     storage::{self, AuthRow, AuthStatus, NewAuth, Outcome},

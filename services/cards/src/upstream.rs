@@ -10,7 +10,12 @@ use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
 use bank_platform::{
-    BoxError, ErrorCode, ServiceError, error::reason_of, grpc::lazy_channel, telemetry::inject_current,
+    BoxError, ErrorCode, ServiceError,
+    grpc::{
+        lazy_channel,
+        upstream::{self, Credentials},
+    },
+    telemetry::inject_current,
 };
 use bank_proto::{
     accounts::v1::{Account, GetAccountRequest, accounts_service_client::AccountsServiceClient},
@@ -22,77 +27,22 @@ use bank_proto::{
         ledger_service_client::LedgerServiceClient,
     },
 };
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 
 use crate::config::Config;
 
-/// How an upstream answered a call that did not succeed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// A definitive refusal (e.g. `INSUFFICIENT_FUNDS`): calling again would be refused again.
-    Refused(ServiceError),
-    /// The outcome is unknown or the upstream could not answer: safe to call again (what the
-    /// reconciler does).
-    Unavailable(tonic::Status),
-}
+pub(crate) use bank_platform::grpc::upstream::Failure;
 
-impl Failure {
-    /// A refusal keeps the upstream's reason; anything else is `UNAVAILABLE` for the client (the
-    /// cause is logged once here).
-    pub(crate) fn into_client_error(self, hint: &str) -> ServiceError {
-        match self {
-            Self::Refused(refused) => refused,
-            Self::Unavailable(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "upstream call failed");
-                ServiceError::new(ErrorCode::Unavailable, hint)
-            }
-        }
-    }
-}
-
+/// Accounts and identity are called with the owner's own token: their refusal is final.
 fn classify(status: tonic::Status) -> Failure {
-    match status.code() {
-        Code::FailedPrecondition
-        | Code::InvalidArgument
-        | Code::NotFound
-        | Code::AlreadyExists
-        | Code::OutOfRange
-        | Code::PermissionDenied
-        | Code::Unauthenticated => {
-            let fallback = if status.code() == Code::NotFound {
-                ErrorCode::NotFound
-            } else if status.code() == Code::PermissionDenied {
-                ErrorCode::PermissionDenied
-            } else if status.code() == Code::Unauthenticated {
-                ErrorCode::Unauthenticated
-            } else {
-                ErrorCode::FailedPrecondition
-            };
-            let code = reason_of(&status).unwrap_or(fallback);
-            Failure::Refused(ServiceError::new(code, status.message()))
-        }
-        Code::Ok
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::Unimplemented
-        | Code::Internal
-        | Code::Unavailable
-        | Code::DataLoss => Failure::Unavailable(status),
-    }
+    upstream::classify(status, Credentials::Caller)
 }
 
-/// For the ledger (called with our service token), an auth refusal is our misconfiguration, not
-/// the caller's: retryable once fixed.
+/// The ledger is called with this service's own token: an authentication or permission refusal
+/// is our misconfiguration, retryable once fixed.
 fn classify_ledger(status: tonic::Status) -> Failure {
-    if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) {
-        Failure::Unavailable(status)
-    } else {
-        classify(status)
-    }
+    upstream::classify(status, Credentials::Own)
 }
 
 /// The clients, connected lazily: cards starts (and answers what it can) while they are down.

@@ -7,38 +7,12 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use bank_proto::cards::v1::{
     CaptureChargeRequest, FreezeCardRequest, GetCardRequest, IssueCardRequest, RefundChargeRequest,
     ReplaceCardRequest, RevealCardPanRequest, VoidChargeRequest,
 };
 use bank_testkit::bearer;
 use support::*;
-use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Printable text of bytes (binary as spaces), so numbers inside payloads can be scanned.
 fn printable(bytes: &[u8]) -> String {
@@ -57,16 +31,7 @@ fn the_scanner_finds_card_numbers_in_every_shape_and_ignores_ids() {
 
 #[tokio::test]
 async fn no_pan_reaches_logs_errors_events_or_the_database_dump() {
-    let capture = Capture::default();
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("trace"))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .event_format(bank_platform::telemetry::JsonLines { service: "cards" })
-                .with_writer(capture.clone()),
-        )
-        .init();
+    let capture = bank_testkit::logs::Capture::install("cards");
 
     let w = world().await;
     let (alice, account) = w.customer("pan.keeper@example.com", 50_000).await;
@@ -173,7 +138,7 @@ async fn no_pan_reaches_logs_errors_events_or_the_database_dump() {
 
     // Let the relay publish and every task log.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.lines().count() > 100, "the capture saw the flows: {} lines", logs.lines().count());
     assert!(logs.contains("AuthorizeCharge"), "the access log of the charges was captured");
 

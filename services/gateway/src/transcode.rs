@@ -37,9 +37,6 @@ use crate::{
 /// The default largest request body (`edge.max_body_bytes`; larger ones answer 413).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Metadata a client may never set: only the services' own layers write it.
-const INTERNAL_METADATA: [&str; 4] = ["x-user-id", "x-principal", "x-roles", "x-internal-auth"];
-
 /// A request the gateway refuses before calling anyone (boxed: a `Problem` is large).
 type Refusal = Box<Problem>;
 
@@ -641,7 +638,7 @@ fn forward_metadata(
             }
         }
     }
-    for name in INTERNAL_METADATA {
+    for name in bank_platform::grpc::INTERNAL_METADATA {
         metadata.remove(name);
     }
 }

@@ -3,50 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use bank_proto::identity::v1::{
     ChangePasswordRequest, ConfirmPasswordResetRequest, GetMyProfileRequest, LogoutRequest,
     RefreshTokensRequest, RegisterRequest, RequestPasswordResetRequest,
 };
 use bank_testkit::{TestIdentity, bearer, identity::USER_PASSWORD};
-use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn no_secret_or_full_email_is_ever_logged() {
-    let capture = Capture::default();
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("trace"))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .event_format(bank_platform::telemetry::JsonLines { service: "identity" })
-                .with_writer(capture.clone()),
-        )
-        .init();
+    let capture = bank_testkit::logs::Capture::install("identity");
 
     let identity = TestIdentity::spawn().await;
     let mut client = identity.client().await;
@@ -123,7 +88,7 @@ async fn no_secret_or_full_email_is_ever_logged() {
     secrets.push("another.person@example.com".to_owned());
 
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.lines().count() > 50, "the capture saw the flows: {} lines", logs.lines().count());
     for secret in &secrets {
         assert!(

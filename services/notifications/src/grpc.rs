@@ -5,11 +5,13 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use bank_auth::{ACR_MFA, Principal, Subject, principal, require_staff, require_step_up};
 use bank_platform::{
     ErrorCode, FieldViolation, ServiceError,
+    grpc::fields::{self, internal, invalid},
     idempotency::{self, Begin},
     pagination::Page,
 };
 use bank_proto::{
     common::v1::{Money, PageInfo},
+    convert::{self, timestamp},
     events::v1 as events,
     notifications::v1::{
         notifications_admin_service_server::NotificationsAdminService,
@@ -59,14 +61,6 @@ impl std::fmt::Debug for Api {
     }
 }
 
-fn internal<E: std::error::Error + 'static>(err: E) -> Status {
-    ServiceError::internal(&err).into()
-}
-
-fn invalid(field: &str, code: &str, description: &str) -> Status {
-    ServiceError::invalid(vec![FieldViolation::new(field, code, description)]).into()
-}
-
 fn not_found(what: &str) -> Status {
     ServiceError::new(ErrorCode::NotFound, format!("no such {what}")).into()
 }
@@ -75,28 +69,8 @@ fn refused(code: ErrorCode, message: &str) -> Status {
     ServiceError::new(code, message).into()
 }
 
-fn uuid_field(field: &str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "REQUIRED", "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(field, "INVALID_FORMAT", "must be a UUID"))
-}
-
-fn timestamp(at: OffsetDateTime) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
-    }
-}
-
 fn ts(at: Option<OffsetDateTime>) -> Option<pbjson_types::Timestamp> {
     at.map(timestamp)
-}
-
-fn instant(field: &str, t: &pbjson_types::Timestamp) -> Result<OffsetDateTime, Status> {
-    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .map_err(|_| invalid(field, "OUT_OF_RANGE", "not a valid time"))
 }
 
 /// The token of the offset page after `page`, which fetched `fetched` rows.
@@ -693,7 +667,7 @@ impl NotificationsService for Api {
             "/bank.notifications.v1.NotificationsService/SetLowBalanceAlert",
         )?;
         let req = request.into_inner();
-        let account = uuid_field("account_id", &req.account_id)?;
+        let account = fields::uuid("account_id", &req.account_id)?;
         let threshold =
             req.threshold.clone().ok_or_else(|| invalid("threshold", "REQUIRED", "is required"))?;
         let currency = bank_money::Currency::parse(&threshold.currency)
@@ -758,7 +732,7 @@ impl NotificationsService for Api {
         request: Request<DeleteLowBalanceAlertRequest>,
     ) -> Answer<DeleteLowBalanceAlertResponse> {
         let user = user_only(&request)?;
-        let account = uuid_field("account_id", &request.get_ref().account_id)?;
+        let account = fields::uuid("account_id", &request.get_ref().account_id)?;
         let exists: Option<Uuid> = sqlx::query_scalar(
             "SELECT account_id FROM low_balance_alerts WHERE account_id = $1 AND user_id = $2",
         )
@@ -879,7 +853,7 @@ impl NotificationsService for Api {
         request: Request<GetWebhookEndpointRequest>,
     ) -> Answer<GetWebhookEndpointResponse> {
         let owner = Owner::of(principal(&request)?)?;
-        let id = uuid_field("endpoint_id", &request.get_ref().endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &request.get_ref().endpoint_id)?;
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let row = endpoint(&mut conn, &owner, id, false).await?;
         Ok(Response::new(GetWebhookEndpointResponse { endpoint: Some(endpoint_message(&row)) }))
@@ -897,7 +871,7 @@ impl NotificationsService for Api {
             "/bank.notifications.v1.NotificationsService/UpdateWebhookEndpoint",
         )?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
         if req.url.is_empty() {
             return Err(invalid("url", "REQUIRED", "is required"));
         }
@@ -939,7 +913,7 @@ impl NotificationsService for Api {
         request: Request<DeleteWebhookEndpointRequest>,
     ) -> Answer<DeleteWebhookEndpointResponse> {
         let owner = Owner::of(principal(&request)?)?;
-        let id = uuid_field("endpoint_id", &request.get_ref().endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &request.get_ref().endpoint_id)?;
         let mut tx = self.pool.begin().await.map_err(internal)?;
         endpoint(&mut tx, &owner, id, true).await?;
         sqlx::query("DELETE FROM webhook_endpoints WHERE endpoint_id = $1")
@@ -964,7 +938,7 @@ impl NotificationsService for Api {
             "/bank.notifications.v1.NotificationsService/RotateWebhookSecret",
         )?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
         let ttl = match req.previous_secret_ttl_seconds {
             0 => 24 * 3600,
             n if n < 0 => {
@@ -1011,7 +985,7 @@ impl NotificationsService for Api {
         let key =
             key_of(&request, &owner.key(), "/bank.notifications.v1.NotificationsService/SendTestWebhook")?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
         let mut tx = self.pool.begin().await.map_err(internal)?;
         endpoint(&mut tx, &owner, id, true).await?;
         if let Some(replay) = claim(&mut tx, key.as_ref(), &req).await? {
@@ -1075,7 +1049,7 @@ impl NotificationsService for Api {
     ) -> Answer<ListWebhookDeliveriesResponse> {
         let owner = Owner::of(principal(&request)?)?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
         let page = req.page.unwrap_or_default();
         let page = Page::parse(page.page_size, &page.page_token, "offset", 50, 200)?;
         let status = match DeliveryStatus::try_from(req.status) {
@@ -1086,7 +1060,8 @@ impl NotificationsService for Api {
             Ok(DeliveryStatus::Failed) => Some("failed"),
             Err(_) => return Err(invalid("status", "INVALID", "unknown status")),
         };
-        let event = if req.event_id.is_empty() { None } else { Some(uuid_field("event_id", &req.event_id)?) };
+        let event =
+            if req.event_id.is_empty() { None } else { Some(fields::uuid("event_id", &req.event_id)?) };
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         endpoint(&mut conn, &owner, id, false).await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -1115,8 +1090,8 @@ impl NotificationsService for Api {
     ) -> Answer<GetWebhookDeliveryResponse> {
         let owner = Owner::of(principal(&request)?)?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
-        let delivery = uuid_field("delivery_id", &req.delivery_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
+        let delivery = fields::uuid("delivery_id", &req.delivery_id)?;
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         endpoint(&mut conn, &owner, id, false).await?;
         Ok(Response::new(GetWebhookDeliveryResponse {
@@ -1132,8 +1107,8 @@ impl NotificationsService for Api {
         let key =
             key_of(&request, &owner.key(), "/bank.notifications.v1.NotificationsService/RedeliverWebhook")?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
-        let original = uuid_field("delivery_id", &req.delivery_id)?;
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
+        let original = fields::uuid("delivery_id", &req.delivery_id)?;
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let row = endpoint(&mut tx, &owner, id, true).await?;
         if let Some(replay) = claim(&mut tx, key.as_ref(), &req).await? {
@@ -1172,13 +1147,15 @@ impl NotificationsService for Api {
             "/bank.notifications.v1.NotificationsService/ReplayWebhookEvents",
         )?;
         let req = request.into_inner();
-        let id = uuid_field("endpoint_id", &req.endpoint_id)?;
-        let from = instant(
+        let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
+        let from = fields::time(
             "from_time",
-            req.from_time.as_ref().ok_or_else(|| invalid("from_time", "REQUIRED", "is required"))?,
+            convert::instant(
+                req.from_time.as_ref().ok_or_else(|| invalid("from_time", "REQUIRED", "is required"))?,
+            ),
         )?;
         let to = match &req.to_time {
-            Some(t) => instant("to_time", t)?,
+            Some(t) => fields::time("to_time", convert::instant(t))?,
             None => OffsetDateTime::now_utc(),
         };
         if from < OffsetDateTime::now_utc() - REPLAY_WINDOW {
@@ -1278,7 +1255,7 @@ async fn newest_seq(pool: &PgPool) -> Result<i64, Status> {
 }
 
 fn feed_filters(user_id: &str, types: &[String]) -> Result<(Option<Uuid>, Vec<String>), Status> {
-    let user = if user_id.is_empty() { None } else { Some(uuid_field("user_id", user_id)?) };
+    let user = if user_id.is_empty() { None } else { Some(fields::uuid("user_id", user_id)?) };
     for (i, t) in types.iter().enumerate() {
         if catalog::event_type(t).is_none_or(|k| !k.security) {
             return Err(invalid(
@@ -1342,7 +1319,7 @@ impl NotificationsAdminService for Api {
         let key =
             key_of(&request, &admin_id, "/bank.notifications.v1.NotificationsAdminService/RetryDeadLetter")?;
         let req = request.into_inner();
-        let id = uuid_field("dead_letter_id", &req.dead_letter_id)?;
+        let id = fields::uuid("dead_letter_id", &req.dead_letter_id)?;
         let reason = req.reason.trim();
         if reason.is_empty() {
             return Err(invalid("reason", "REQUIRED", "say why (audited)"));
@@ -1406,7 +1383,7 @@ impl NotificationsAdminService for Api {
         let req = request.into_inner();
         let page = req.page.unwrap_or_default();
         let page = Page::parse(page.page_size, &page.page_token, "offset", 50, 200)?;
-        let user = if req.user_id.is_empty() { None } else { Some(uuid_field("user_id", &req.user_id)?) };
+        let user = if req.user_id.is_empty() { None } else { Some(fields::uuid("user_id", &req.user_id)?) };
         let status = match EmailStatus::try_from(req.status) {
             Ok(EmailStatus::Unspecified) => None,
             Ok(EmailStatus::Queued) => Some("queued"),
@@ -1424,7 +1401,7 @@ impl NotificationsAdminService for Api {
         }
         let template = (!req.template.is_empty()).then_some(req.template);
         let from = match &req.from_time {
-            Some(t) => Some(instant("from_time", t)?),
+            Some(t) => Some(fields::time("from_time", convert::instant(t))?),
             None => None,
         };
         type EmailRow = (

@@ -5,12 +5,18 @@
 use std::sync::Arc;
 
 use bank_auth::ServiceTokens;
-use bank_platform::{BoxError, ErrorCode, ServiceError, grpc::lazy_channel};
+use bank_platform::{
+    BoxError,
+    grpc::{
+        lazy_channel,
+        upstream::{self, Credentials, Failure},
+    },
+};
 use bank_proto::{
     common::v1::Money,
     ledger::v1::{SetLowBalanceThresholdRequest, ledger_service_client::LedgerServiceClient},
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Status, transport::Channel};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -54,7 +60,11 @@ impl Ledger {
             .tokens
             .request(SetLowBalanceThresholdRequest { account_id: account.to_string(), threshold })
             .await
-            .map_err(|s| unavailable(&s))?;
+            .map_err(|s| {
+                Status::from(
+                    Failure::Unavailable(s).into_client_error("the ledger is unavailable; try again"),
+                )
+            })?;
         match self.client.clone().set_low_balance_threshold(request).await {
             Ok(response) => Ok(response
                 .into_inner()
@@ -62,20 +72,9 @@ impl Ledger {
                 .and_then(|a| a.balances)
                 .and_then(|b| b.available)
                 .map(|m| m.minor_units)),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition
-                ) =>
-            {
-                Err(status)
-            }
-            Err(status) => Err(unavailable(&status)),
+            Err(status) => Err(upstream::classify(status, Credentials::Own)
+                .into_client_error("the ledger is unavailable; try again")
+                .into()),
         }
     }
-}
-
-fn unavailable(status: &Status) -> Status {
-    tracing::warn!(code = ?status.code(), message = status.message(), "ledger call failed");
-    ServiceError::new(ErrorCode::Unavailable, "the ledger is unavailable; try again").into()
 }

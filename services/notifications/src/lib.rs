@@ -22,7 +22,7 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use bank_platform::{
-    App, AppBuilder, BoxError, Service, config::TelemetryConfig, db, grpc::GrpcServices, idempotency, redis,
+    App, AppBuilder, BoxError, Service, config::TelemetryConfig, db, grpc::GrpcServices, redis,
 };
 use bank_proto::notifications::v1::{
     notifications_admin_service_server::NotificationsAdminServiceServer,
@@ -127,8 +127,6 @@ impl Service for Notifications {
         builder = builder.task(move |stop| mailer::run(mail_pool, email, transport, mail_wake, stop));
         let webhook_wake = Arc::clone(&wake.webhooks);
         builder = builder.task(move |stop| dispatcher.run(webhook_wake, stop));
-        let (key_pool, retention) = (pool, config.idempotency_retention);
-        builder = builder.task(move |stop| idempotency::purge_periodically(key_pool, retention, stop));
-        builder.bind().await
+        builder.purge_idempotency(config.idempotency_retention).bind().await
     }
 }

@@ -24,8 +24,9 @@ use crate::{
 /// The request id header, created when absent and echoed on the response.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Metadata a client may never set: it is only ever written by our own layers.
-const INTERNAL_METADATA: [&str; 4] = ["x-user-id", "x-principal", "x-roles", "x-internal-auth"];
+/// Metadata a client may never set: it is only ever written by our own layers (the servers strip
+/// it from every call; the gateway never forwards it).
+pub const INTERNAL_METADATA: [&str; 4] = ["x-user-id", "x-principal", "x-roles", "x-internal-auth"];
 
 /// Paths that answer without authentication and are not counted as API traffic.
 fn is_infrastructure(path: &str) -> bool {

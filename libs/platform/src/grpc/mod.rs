@@ -1,9 +1,11 @@
 //! The one gRPC server stack every service runs, and the channel every outgoing client uses.
 
+pub mod fields;
 pub mod layers;
 mod server;
+pub mod upstream;
 
-pub use layers::{Authenticate, REQUEST_ID};
+pub use layers::{Authenticate, INTERNAL_METADATA, REQUEST_ID};
 pub use server::GrpcServices;
 
 /// A channel to `url` that connects on first use (a service starts, and answers what it can, while

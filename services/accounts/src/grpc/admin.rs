@@ -7,19 +7,21 @@
 //! Not done yet: the contract's step-up requirement (acr=mfa with a recent auth_time) waits for
 //! the MFA issue, as in identity's admin API; `UpdateInterestSettings` answers `UNIMPLEMENTED`.
 
-use bank_platform::{FieldViolation, idempotency, pagination::Page};
+use bank_platform::{
+    FieldViolation, ServiceError,
+    grpc::fields::{self, answer, internal, invalid},
+    idempotency,
+    pagination::Page,
+};
 use bank_proto::{
     accounts::v1::{accounts_admin_service_server::AccountsAdminService, *},
     common::v1::PageInfo,
 };
 use prost::Message as _;
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{
-    Answer, Api, answer, currency_field, internal, invalid, not_found, refuse, required_key, staff,
-    uuid_field,
-};
+use super::{Answer, Api, currency_field, not_found};
 use crate::{
     convert::View,
     domain::{Action, NumberPrefix, Product, Reason, Status as AccountStatus},
@@ -42,7 +44,9 @@ const PAGE_KIND: &str = "search";
 
 /// The audited reason, or its violation.
 fn reason_field(value: &str) -> Result<Reason, tonic::Status> {
-    Reason::parse(value).map_err(|e| refuse(vec![FieldViolation::new("reason", e.code(), e.to_string())]))
+    Reason::parse(value).map_err(|e| {
+        Status::from(ServiceError::invalid(vec![FieldViolation::new("reason", e.code(), e.to_string())]))
+    })
 }
 
 /// The search filters, every violation collected.
@@ -79,7 +83,7 @@ fn filter(req: &SearchAccountsRequest) -> Result<Filter, tonic::Status> {
             Err(violation) => violations.push(violation),
         }
     }
-    if violations.is_empty() { Ok(filter) } else { Err(refuse(violations)) }
+    if violations.is_empty() { Ok(filter) } else { Err(Status::from(ServiceError::invalid(violations))) }
 }
 
 /// The status filter (`None` for unspecified: no filter).
@@ -108,7 +112,7 @@ fn change(
     Ok(Change {
         key,
         request_hash: idempotency::request_hash(encoded),
-        account_id: uuid_field("account_id", account_id)?,
+        account_id: fields::uuid("account_id", account_id)?,
         owner: None,
         action,
         currency,
@@ -124,7 +128,7 @@ impl AccountsAdminService for Api {
         &self,
         request: Request<SearchAccountsRequest>,
     ) -> Answer<SearchAccountsResponse> {
-        staff(&request, READERS)?;
+        bank_auth::require_staff_user(&request, READERS)?;
         let req = request.into_inner();
         let page_request = req.page.clone().unwrap_or_default();
         let page = Page::parse(page_request.page_size, &page_request.page_token, PAGE_KIND, 50, 200)?;
@@ -148,8 +152,8 @@ impl AccountsAdminService for Api {
         &self,
         request: Request<AdminGetAccountRequest>,
     ) -> Answer<AdminGetAccountResponse> {
-        staff(&request, READERS)?;
-        let account_id = uuid_field("account_id", &request.get_ref().account_id)?;
+        bank_auth::require_staff_user(&request, READERS)?;
+        let account_id = fields::uuid("account_id", &request.get_ref().account_id)?;
         let row = {
             let mut conn = self.core.pool.acquire().await.map_err(internal)?;
             storage::account(&mut conn, account_id, None).await.map_err(internal)?.ok_or_else(not_found)?
@@ -159,8 +163,8 @@ impl AccountsAdminService for Api {
     }
 
     async fn freeze_account(&self, request: Request<FreezeAccountRequest>) -> Answer<FreezeAccountResponse> {
-        let (admin, _) = staff(&request, ADMIN)?;
-        let key = required_key(&request, admin, FREEZE)?;
+        let (admin, _) = bank_auth::require_staff_user(&request, ADMIN)?;
+        let key = fields::required_key(&request, &admin.to_string(), FREEZE)?;
         let req = request.into_inner();
         let action = Action::Freeze { credits_allowed: req.credits_allowed };
         let change = change(admin, key, &req.encode_to_vec(), &req.account_id, &req.reason, action, None)?;
@@ -172,8 +176,8 @@ impl AccountsAdminService for Api {
         &self,
         request: Request<UnfreezeAccountRequest>,
     ) -> Answer<UnfreezeAccountResponse> {
-        let (admin, _) = staff(&request, ADMIN)?;
-        let key = required_key(&request, admin, UNFREEZE)?;
+        let (admin, _) = bank_auth::require_staff_user(&request, ADMIN)?;
+        let key = fields::required_key(&request, &admin.to_string(), UNFREEZE)?;
         let req = request.into_inner();
         let change =
             change(admin, key, &req.encode_to_vec(), &req.account_id, &req.reason, Action::Unfreeze, None)?;
@@ -185,11 +189,12 @@ impl AccountsAdminService for Api {
         &self,
         request: Request<SetOverdraftLimitRequest>,
     ) -> Answer<SetOverdraftLimitResponse> {
-        let (admin, _) = staff(&request, ADMIN)?;
-        let key = required_key(&request, admin, SET_OVERDRAFT_LIMIT)?;
+        let (admin, _) = bank_auth::require_staff_user(&request, ADMIN)?;
+        let key = fields::required_key(&request, &admin.to_string(), SET_OVERDRAFT_LIMIT)?;
         let req = request.into_inner();
         let limit = req.limit.clone().ok_or_else(|| invalid("limit", "REQUIRED", "is required"))?;
-        let currency = currency_field("limit.currency", &limit.currency).map_err(|v| refuse(vec![v]))?;
+        let currency = currency_field("limit.currency", &limit.currency)
+            .map_err(|v| Status::from(ServiceError::invalid(vec![v])))?;
         if limit.minor_units < 0 {
             return Err(invalid("limit.minor_units", "NEGATIVE", "must not be negative"));
         }
@@ -205,8 +210,8 @@ impl AccountsAdminService for Api {
         &self,
         request: Request<ForceCloseAccountRequest>,
     ) -> Answer<ForceCloseAccountResponse> {
-        let (admin, _) = staff(&request, ADMIN)?;
-        let key = required_key(&request, admin, FORCE_CLOSE)?;
+        let (admin, _) = bank_auth::require_staff_user(&request, ADMIN)?;
+        let key = fields::required_key(&request, &admin.to_string(), FORCE_CLOSE)?;
         let req = request.into_inner();
         let change =
             change(admin, key, &req.encode_to_vec(), &req.account_id, &req.reason, Action::ForceClose, None)?;

@@ -11,13 +11,11 @@ mod admin;
 mod public;
 mod statements;
 
-use bank_auth::{Principal, principal};
 use bank_money::Currency;
-use bank_platform::{ErrorCode, FieldViolation, ServiceError, idempotency};
+use bank_platform::{ErrorCode, FieldViolation, ServiceError};
 use bank_proto::common::v1::Balances;
 use futures::{StreamExt as _, TryStreamExt as _};
-use tonic::{Request, Response, Status};
-use uuid::Uuid;
+use tonic::{Response, Status};
 
 use crate::{
     convert::{self, View},
@@ -89,72 +87,11 @@ fn balances_error(failure: Failure) -> Status {
     }
 }
 
-fn internal<E: std::error::Error + 'static>(err: E) -> Status {
-    ServiceError::internal(&err).into()
-}
-
-fn invalid(field: &str, code: &str, description: &str) -> Status {
-    ServiceError::invalid(vec![FieldViolation::new(field, code, description)]).into()
-}
-
 fn not_found() -> Status {
     crate::saga::not_found().into()
-}
-
-/// A required UUID field.
-fn uuid_field(field: &str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "REQUIRED", "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(field, "INVALID_FORMAT", "must be a UUID"))
 }
 
 /// A supported ISO 4217 code, or the violation (`CURRENCY_NOT_SUPPORTED` for an unknown code).
 fn currency_field(field: &str, value: &str) -> Result<Currency, FieldViolation> {
     Currency::parse(value).map_err(|e| FieldViolation::new(field, e.code(), e.to_string()))
-}
-
-/// The error for collected violations: `CURRENCY_NOT_SUPPORTED` when a currency was the problem
-/// (with every violation attached), else `VALIDATION_FAILED`.
-fn refuse(violations: Vec<FieldViolation>) -> Status {
-    let currency = violations.iter().any(|v| v.code == "CURRENCY_NOT_SUPPORTED");
-    let mut error = ServiceError::invalid(violations);
-    if currency {
-        error.code = ErrorCode::CurrencyNotSupported;
-    }
-    error.into()
-}
-
-/// The calling user (a service token is refused: these RPCs act for a person).
-fn user<T>(request: &Request<T>) -> Result<Uuid, Status> {
-    principal(request)?
-        .user_id()
-        .ok_or_else(|| ServiceError::new(ErrorCode::PermissionDenied, "a user token is required").into())
-}
-
-/// The calling user holding one of `roles`, with a recent second factor (every admin RPC's rule).
-fn staff<T>(request: &Request<T>, roles: &[&str]) -> Result<(Uuid, Principal), Status> {
-    let principal = bank_auth::require_staff(request, roles)?;
-    let user = principal
-        .user_id()
-        .ok_or_else(|| Status::from(ServiceError::new(ErrorCode::PermissionDenied, "not allowed")))?;
-    Ok((user, principal))
-}
-
-/// The required idempotency key of a call, scoped to the user and the RPC.
-fn required_key<T>(request: &Request<T>, user: Uuid, rpc: &'static str) -> Result<idempotency::Key, Status> {
-    idempotency::key_of(request.metadata(), &user.to_string(), rpc, true)?.ok_or_else(|| {
-        ServiceError::new(ErrorCode::IdempotencyKeyRequired, "an idempotency key is required").into()
-    })
-}
-
-/// A response, marked as a replay when it is one.
-fn answer<T>(message: T, replayed: bool) -> Response<T> {
-    let mut response = Response::new(message);
-    if replayed {
-        response
-            .metadata_mut()
-            .insert(idempotency::REPLAYED, tonic::metadata::MetadataValue::from_static("true"));
-    }
-    response
 }

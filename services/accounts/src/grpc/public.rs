@@ -9,17 +9,20 @@
 //! Statements (`ListStatements`, `GetStatement`, `DownloadStatement`) live in `statements`;
 //! `GetInterestSettings` answers `UNIMPLEMENTED` (the generated default) until it is built.
 
-use bank_platform::{FieldViolation, idempotency, pagination::Page};
+use bank_platform::{
+    FieldViolation, ServiceError,
+    grpc::fields::{self, answer, internal},
+    idempotency,
+    pagination::Page,
+};
 use bank_proto::{
     accounts::v1::{accounts_service_server::AccountsService, *},
     common::v1::PageInfo,
 };
 use prost::Message as _;
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
-use super::{
-    Answer, Api, answer, currency_field, internal, not_found, refuse, required_key, user, uuid_field,
-};
+use super::{Answer, Api, currency_field, not_found};
 use crate::{
     convert::{self, View},
     domain::{Action, Nickname, Product, Reason},
@@ -37,8 +40,8 @@ const PAGE_KIND: &str = "accounts";
 #[tonic::async_trait]
 impl AccountsService for Api {
     async fn open_account(&self, request: Request<OpenAccountRequest>) -> Answer<OpenAccountResponse> {
-        let owner = user(&request)?;
-        let key = required_key(&request, owner, OPEN_ACCOUNT)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::required_key(&request, &owner.to_string(), OPEN_ACCOUNT)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let mut violations = Vec::new();
@@ -55,7 +58,7 @@ impl AccountsService for Api {
             .map_err(|e| violations.push(FieldViolation::new("nickname", e.code(), e.to_string())))
             .ok();
         let (Some(product), Some(currency), Some(nickname)) = (product, currency, nickname) else {
-            return Err(refuse(violations));
+            return Err(Status::from(ServiceError::invalid(violations)));
         };
         let open = Open { key, request_hash, owner, product, currency: currency.code(), nickname };
         let (account, replayed) = saga::open(&self.core, open).await?;
@@ -66,7 +69,7 @@ impl AccountsService for Api {
         &self,
         request: Request<ListMyAccountsRequest>,
     ) -> Answer<ListMyAccountsResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let req = request.into_inner();
         let page_request = req.page.unwrap_or_default();
         let page = Page::parse(page_request.page_size, &page_request.page_token, PAGE_KIND, 50, 200)?;
@@ -85,8 +88,8 @@ impl AccountsService for Api {
     }
 
     async fn get_account(&self, request: Request<GetAccountRequest>) -> Answer<GetAccountResponse> {
-        let owner = user(&request)?;
-        let account_id = uuid_field("account_id", &request.get_ref().account_id)?;
+        let owner = bank_auth::require_user(&request)?;
+        let account_id = fields::uuid("account_id", &request.get_ref().account_id)?;
         let row = {
             let mut conn = self.core.pool.acquire().await.map_err(internal)?;
             storage::account(&mut conn, account_id, Some(owner))
@@ -102,13 +105,18 @@ impl AccountsService for Api {
         &self,
         request: Request<UpdateAccountNicknameRequest>,
     ) -> Answer<UpdateAccountNicknameResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let key = idempotency::key_of(request.metadata(), &owner.to_string(), UPDATE_NICKNAME, false)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let account_id = uuid_field("account_id", &req.account_id)?;
-        let nickname = Nickname::parse(&req.nickname)
-            .map_err(|e| refuse(vec![FieldViolation::new("nickname", e.code(), e.to_string())]))?;
+        let account_id = fields::uuid("account_id", &req.account_id)?;
+        let nickname = Nickname::parse(&req.nickname).map_err(|e| {
+            Status::from(ServiceError::invalid(vec![FieldViolation::new(
+                "nickname",
+                e.code(),
+                e.to_string(),
+            )]))
+        })?;
         // Balances first (outside the transaction: no network call while holding row locks).
         let row = {
             let mut conn = self.core.pool.acquire().await.map_err(internal)?;
@@ -146,11 +154,11 @@ impl AccountsService for Api {
     }
 
     async fn close_account(&self, request: Request<CloseAccountRequest>) -> Answer<CloseAccountResponse> {
-        let owner = user(&request)?;
-        let key = required_key(&request, owner, CLOSE_ACCOUNT)?;
+        let owner = bank_auth::require_user(&request)?;
+        let key = fields::required_key(&request, &owner.to_string(), CLOSE_ACCOUNT)?;
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
-        let account_id = uuid_field("account_id", &req.account_id)?;
+        let account_id = fields::uuid("account_id", &req.account_id)?;
         let change = Change {
             key,
             request_hash,
@@ -170,7 +178,7 @@ impl AccountsService for Api {
         &self,
         request: Request<ListStatementsRequest>,
     ) -> Answer<ListStatementsResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let req = request.into_inner();
         let (statements, page_info) =
             Api::list_statements(self, owner, &req.account_id, req.page.as_ref()).await?;
@@ -178,7 +186,7 @@ impl AccountsService for Api {
     }
 
     async fn get_statement(&self, request: Request<GetStatementRequest>) -> Answer<GetStatementResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let req = request.into_inner();
         let statement = Api::get_statement(self, owner, &req.account_id, &req.statement_id).await?;
         Ok(Response::new(GetStatementResponse { statement: Some(statement) }))
@@ -188,12 +196,12 @@ impl AccountsService for Api {
         &self,
         request: Request<DownloadStatementRequest>,
     ) -> Answer<DownloadStatementResponse> {
-        let owner = user(&request)?;
+        let owner = bank_auth::require_user(&request)?;
         let req = request.into_inner();
         let csv = match StatementFormat::try_from(req.format) {
             Ok(StatementFormat::Unspecified | StatementFormat::Pdf) => false,
             Ok(StatementFormat::Csv) => true,
-            Err(_) => return Err(super::invalid("format", "INVALID", "PDF or CSV")),
+            Err(_) => return Err(fields::invalid("format", "INVALID", "PDF or CSV")),
         };
         let (content_type, data, filename) =
             Api::download_statement(self, owner, &req.account_id, &req.statement_id, csv).await?;

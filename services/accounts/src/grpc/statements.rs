@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::{Api, internal, not_found, uuid_field};
+use bank_platform::grpc::fields::{self, internal};
+
+use super::{Api, not_found};
 use crate::{
     convert::timestamp,
     document,
@@ -57,7 +59,7 @@ struct Computed {
 impl Api {
     /// The caller's account, usable for statements (not still opening).
     async fn statement_account(&self, owner: Uuid, account_id: &str) -> Result<AccountRow, Status> {
-        let account_id = uuid_field("account_id", account_id)?;
+        let account_id = fields::uuid("account_id", account_id)?;
         let row = {
             let mut conn = self.core.pool.acquire().await.map_err(internal)?;
             storage::account(&mut conn, account_id, Some(owner))
@@ -87,7 +89,7 @@ impl Api {
             None
         } else {
             Some(Period::from_index(page.position).ok_or_else(|| {
-                super::invalid("page.page_token", "INVALID", "page_token is not valid here")
+                fields::invalid("page.page_token", "INVALID", "page_token is not valid here")
             })?)
         };
         let now = OffsetDateTime::now_utc();
@@ -121,7 +123,7 @@ impl Api {
         statement_id: &str,
     ) -> Result<(AccountRow, Period, Computed), Status> {
         let row = self.statement_account(owner, account_id).await?;
-        let statement_id = uuid_field("statement_id", statement_id)?;
+        let statement_id = fields::uuid("statement_id", statement_id)?;
         let now = OffsetDateTime::now_utc();
         let period = Period::of_statement(row.account_id, statement_id)
             .filter(|p| crate::domain::statement::has_statement(*p, row.opened_at, row.closed_at, now))

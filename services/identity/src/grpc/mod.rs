@@ -29,15 +29,8 @@ pub const PUBLIC_RPCS: &[&str] = &[
     "/bank.identity.v1.IdentityService/IssueServiceToken",
 ];
 
-/// An internal error: logged once with its cause, answered generically.
-pub(crate) fn internal<E: std::error::Error + 'static>(err: E) -> tonic::Status {
-    ServiceError::internal(&err).into()
-}
-
-/// One invalid field.
-pub(crate) fn invalid(field: &str, code: &str, description: &str) -> tonic::Status {
-    ServiceError::invalid(vec![FieldViolation::new(field, code, description)]).into()
-}
+pub(crate) use bank_platform::grpc::fields::{internal, invalid};
+pub(crate) use bank_proto::convert::timestamp;
 
 /// The single answer for every failed credential check.
 pub(crate) fn invalid_credentials() -> tonic::Status {
@@ -53,22 +46,6 @@ pub(crate) fn policy_violation(field: &str, violations: &[Violation]) -> tonic::
         violations: list,
     }
     .into()
-}
-
-/// A protobuf timestamp.
-pub(crate) fn timestamp(at: OffsetDateTime) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
-    }
-}
-
-/// Parses a UUID field.
-pub(crate) fn uuid_field(field: &str, value: &str) -> Result<Uuid, tonic::Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "REQUIRED", "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(field, "INVALID_FORMAT", "must be a UUID"))
 }
 
 pub(crate) fn role_of(name: &str) -> Role {

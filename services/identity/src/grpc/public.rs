@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     check_locale, check_name, check_time_zone, entry, internal, invalid, invalid_credentials,
-    policy_violation, session, timestamp, user, uuid_field,
+    policy_violation, session, timestamp, user,
 };
 use crate::{
     context::CallContext,
@@ -869,12 +869,15 @@ impl IdentityService for Api {
     ) -> Answer<CheckTokenStatusResponse> {
         require_scope(&request, "identity:introspect")?;
         let req = request.into_inner();
-        let jti = uuid_field("token_id", &req.token_id)?;
+        let jti = bank_platform::grpc::fields::uuid("token_id", &req.token_id)?;
         if req.user_id.is_empty() {
             return Err(invalid("user_id", "REQUIRED", "is required"));
         }
-        let session =
-            if req.session_id.is_empty() { None } else { Some(uuid_field("session_id", &req.session_id)?) };
+        let session = if req.session_id.is_empty() {
+            None
+        } else {
+            Some(bank_platform::grpc::fields::uuid("session_id", &req.session_id)?)
+        };
         let token_version = session.map(|_| req.token_version);
         let local = crate::state::LocalStatus::new(self.state.pool.clone());
         let (status, current) =
@@ -1077,7 +1080,7 @@ impl IdentityService for Api {
     ) -> Answer<RevokeMySessionResponse> {
         let ctx = CallContext::of(&request);
         let (user_id, _) = the_user(principal(&request)?)?;
-        let session_id = uuid_field("session_id", &request.get_ref().session_id)?;
+        let session_id = bank_platform::grpc::fields::uuid("session_id", &request.get_ref().session_id)?;
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
         if !sessions::revoke(&mut tx, user_id, session_id, "revoked_by_user").await.map_err(internal)? {
             return Err(ServiceError::new(ErrorCode::NotFound, "no such session").into());
