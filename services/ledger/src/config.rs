@@ -27,6 +27,9 @@ pub struct Config {
     /// Customer transfers.
     #[serde(default)]
     pub transfers: TransferConfig,
+    /// The posting engine (batching, ADR 0029).
+    #[serde(default)]
+    pub engine: EngineConfig,
 }
 
 impl Validate for Config {
@@ -36,7 +39,45 @@ impl Validate for Config {
         self.database.validate()?;
         self.redis.validate()?;
         self.auth.validate()?;
-        self.transfers.validate()
+        self.transfers.validate()?;
+        self.engine.validate()
+    }
+}
+
+/// The posting engine: how many batches may be in the database at once, and how large one is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Batch workers, each with a database connection of its own (besides the pool). More than
+    /// the database has cores rarely helps: batches of one account serialise on its row lock.
+    pub workers: usize,
+    /// Most postings in one batch (one transaction, two statements).
+    pub max_batch: usize,
+    /// Postings that may wait for a worker; a full queue makes callers wait.
+    pub queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { workers: 2, max_batch: 256, queue: 4096 }
+    }
+}
+
+impl Validate for EngineConfig {
+    fn validate(&self) -> Result<(), config::Error> {
+        if !(1..=32).contains(&self.workers) {
+            return Err(config::Error::invalid("engine.workers", "must be 1 to 32"));
+        }
+        if !(1..=1024).contains(&self.max_batch) {
+            return Err(config::Error::invalid("engine.max_batch", "must be 1 to 1024"));
+        }
+        if self.queue < self.max_batch || self.queue > 1_000_000 {
+            return Err(config::Error::invalid(
+                "engine.queue",
+                "must be at least engine.max_batch, at most 1000000",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -5,14 +5,26 @@
 //! internal transfers and idempotency records.
 //! Must not depend on another service crate; other services reach it only through its contracts.
 //!
-//! Layout: `posting` (the engine: locks in account-id order, rules checked under the locks,
-//! balances and chains updated in one transaction), `storage` (the only SQL), `grpc` (the tonic
-//! implementations). Money rules come from `bank-money`; idempotency from `bank-platform`.
+//! Layout (ARCHITECTURE.md, "A service crate"): `domain/` (the rules, pure: typed accounts, holds
+//! and postings, the batch's in-memory book, the chain), `storage/` (the only SQL), the posting
+//! `engine` (batches postings: group commit, ADR 0029), one use-case module per aggregate
+//! (`transfers`, `cash`, `holds`, `reversals`, `accounts`, `history`, `integrity`), `convert`
+//! (domain <-> contract messages) and `grpc/` (the tonic implementations: parse, authorise, call
+//! one use case, answer).
 
+mod accounts;
+mod cash;
 pub mod config;
-pub mod grpc;
-pub mod posting;
-pub mod storage;
+mod convert;
+pub mod domain;
+mod engine;
+mod grpc;
+mod history;
+mod holds;
+mod integrity;
+mod reversals;
+mod storage;
+mod transfers;
 
 use std::time::Duration;
 
@@ -46,7 +58,8 @@ impl Service for Ledger {
     async fn build(config: Config) -> Result<App, BoxError> {
         // Every hot statement is keyed by ids: plan each once per connection (ADR 0017).
         let pool = db::connect_with(&config.database, &MIGRATOR, db::Plans::Generic).await?;
-        let api = grpc::Api::new(pool.clone(), config.transfers.clone());
+        let (engine, workers) = engine::Engine::new(&pool, &config.engine);
+        let api = grpc::Api::new(pool.clone(), engine.clone(), config.transfers.clone());
         let services = GrpcServices::new()
             .serve(LedgerServiceServer::new(api.clone()))
             .serve(LedgerAdminServiceServer::new(api))
@@ -54,37 +67,20 @@ impl Service for Ledger {
         let redis = redis::connect(&config.redis).await?;
         // Every RPC needs a token: none of this service's RPCs is public.
         let authenticator = bank_auth::setup::remote(&config.auth, &redis, &[])?;
-        let purge_pool = pool.clone();
         let expiry_pool = pool.clone();
         let app = AppBuilder::grpc(Self::NAME, &config.server, services)
             .database(pool)
             .redis(redis)
             .relay_outbox()
             .authenticator(authenticator)
-            .task(move |stop| {
-                bank_platform::idempotency::purge_periodically(purge_pool, IDEMPOTENCY_RETENTION, stop)
-            })
-            .task(move |stop| expire_holds(expiry_pool, stop))
+            .purge_idempotency(IDEMPOTENCY_RETENTION)
+            .task(move |stop| workers.run(stop))
+            .task(move |stop| holds::expire_periodically(expiry_pool, engine, stop))
             .bind()
             .await?;
         // Exported from the start (at zero), so dashboards and alerts see the series before the
         // first retry or check (the recorder exists once the app is bound).
         metrics::counter!("ledger_posting_retries_total").increment(0);
         Ok(app)
-    }
-}
-
-/// Expires holds past their `expires_at` every few seconds.
-async fn expire_holds(pool: sqlx::PgPool, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        match grpc::expire_holds(&pool).await {
-            Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "holds expired"),
-            Err(status) => tracing::warn!(code = ?status.code(), "expiring holds failed"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
     }
 }

@@ -10,13 +10,14 @@ use bank_platform::{ErrorCode, error::reason_of};
 use bank_proto::{
     common::v1::{Money, PageRequest},
     ledger::v1::{
-        AdminListEntriesRequest, CreateDepositRequest, CreateLedgerAccountRequest, CreateTransferRequest,
-        CreateWithdrawalRequest, EntryDirection, EntrySort, GetBalancesRequest, GetLedgerAccountRequest,
-        GetTransactionRequest, GetTransferRequest, ListEntriesRequest, ListSystemAccountsRequest,
-        ListTransfersRequest, ReverseTransactionRequest, SetLowBalanceThresholdRequest,
-        SummarizeAccountPeriodsRequest, SystemAccountType, TransactionKind, TransferStatus,
-        VerifyLedgerInvariantsRequest, create_transfer_request::Destination,
-        ledger_admin_service_client::LedgerAdminServiceClient, ledger_service_client::LedgerServiceClient,
+        AdminListEntriesRequest, CaptureHoldRequest, CreateDepositRequest, CreateHoldRequest,
+        CreateLedgerAccountRequest, CreateTransferRequest, CreateWithdrawalRequest, EntryDirection,
+        EntrySort, GetBalancesRequest, GetLedgerAccountRequest, GetTransactionRequest, GetTransferRequest,
+        HoldStatus, ListEntriesRequest, ListSystemAccountsRequest, ListTransfersRequest,
+        ReverseTransactionRequest, SetLowBalanceThresholdRequest, SummarizeAccountPeriodsRequest,
+        SystemAccountType, TransactionKind, TransferStatus, VerifyLedgerInvariantsRequest, VoidHoldRequest,
+        create_transfer_request::Destination, ledger_admin_service_client::LedgerAdminServiceClient,
+        ledger_service_client::LedgerServiceClient,
     },
 };
 use bank_testkit::{Options, TestApp, TestIdentity, TestUser, bearer};
@@ -31,8 +32,12 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(Options::default()).await
+}
+
+async fn world_with(options: Options) -> World {
     let identity = TestIdentity::spawn().await;
-    let ledger = bank_testkit::spawn_with::<Ledger>(identity.trust(Options::default())).await;
+    let ledger = bank_testkit::spawn_with::<Ledger>(identity.trust(options)).await;
     let admin = identity.admin().await.access_token;
     let service = identity.service_token(&["ledger:accounts"]).await;
     World { identity, ledger, admin, service }
@@ -1601,4 +1606,225 @@ async fn staff_rpcs_refuse_an_admin_session_without_a_second_factor() {
     // With a second factor the same admin may.
     let stepped = identity.admin().await.access_token;
     admin.verify_ledger_invariants(bearer(VerifyLedgerInvariantsRequest {}, &stepped)).await.unwrap();
+}
+
+/// Holds the row lock of `account` in a transaction of its own, so that a batch touching it waits
+/// (and everything submitted meanwhile queues behind it) until [`Blocker::release`].
+struct Blocker(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl Blocker {
+    async fn lock(w: &World, account: &str) -> Self {
+        let url = w.ledger.database().unwrap().url().to_owned();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM ledger_accounts WHERE account_id = $1::uuid FOR UPDATE")
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        Self(tx)
+    }
+
+    async fn release(self) {
+        self.0.rollback().await.unwrap();
+    }
+}
+
+/// How many batches the engine committed and how many had more than `size` postings (from the
+/// `ledger_batch_size` histogram on the admin port).
+async fn batches(w: &World, size: u32) -> (u64, u64) {
+    let (_, body) = bank_testkit::probe::http_get(w.ledger.admin_addr, "/metrics").await;
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let total = value("ledger_batch_size_count");
+    (total, total - value(&format!("ledger_batch_size_bucket{{le=\"{size}\"}}")))
+}
+
+#[tokio::test]
+async fn a_batch_applies_postings_in_arrival_order_and_answers_each_its_own_result() {
+    // One worker: while its batch waits for a locked account, everything else queues into one batch.
+    let w = world_with(Options::default().set("engine.workers", 1)).await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let carol = w.identity.user("carol@example.com").await;
+    let a = w.account(&alice, "DE21ALICE", 100).await;
+    let b = w.account(&bob, "DE21BOB", 0).await;
+    let c = w.account(&carol, "DE21CAROL", 500).await;
+    let channel = w.ledger.channel().await;
+    let send = |token: String, request: CreateTransferRequest, key: &str| {
+        let mut client = LedgerServiceClient::new(channel.clone());
+        let request = keyed(request, &token, key);
+        tokio::spawn(async move { client.create_transfer(request).await })
+    };
+
+    let blocker = Blocker::lock(&w, &c).await;
+    let first = send(
+        carol.tokens.access_token.clone(),
+        transfer(&c, Destination::ToAccountNumber("DE21BOB".into()), 5),
+        "c-1",
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let to_bob = |minor| transfer(&a, Destination::ToAccountNumber("DE21BOB".into()), minor);
+    let alice_token = alice.tokens.access_token.clone();
+    let mut calls = Vec::new();
+    for (minor, key) in [(60, "a-1"), (60, "a-2"), (60, "a-1"), (40, "a-3"), (41, "a-1"), (1, "a-4")] {
+        calls.push(send(alice_token.clone(), to_bob(minor), key));
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    blocker.release().await;
+
+    assert!(first.await.unwrap().is_ok());
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let ok = |i: usize| results[i].as_ref().unwrap();
+    let reason = |i: usize| reason_of(results[i].as_ref().unwrap_err());
+    // 100: 60 goes, the second 60 finds 40 left, the repeat of a-1 replays it, 40 empties the
+    // account, a-1 with another amount is a reused key, and 1 more is refused.
+    let posted = ok(0).get_ref().transfer.clone().unwrap().transfer_id;
+    assert_eq!(reason(1), Some(ErrorCode::InsufficientFunds));
+    assert_eq!(ok(2).get_ref().transfer.clone().unwrap().transfer_id, posted, "the repeat replays");
+    assert_eq!(ok(2).metadata().get("idempotent-replay").unwrap(), "true");
+    assert!(ok(0).metadata().get("idempotent-replay").is_none());
+    assert_eq!(ok(3).get_ref().from_balances.clone().unwrap().available, eur(0));
+    assert_eq!(reason(4), Some(ErrorCode::IdempotencyKeyReused));
+    assert_eq!(reason(5), Some(ErrorCode::InsufficientFunds));
+    assert_eq!(w.available(&alice, &a).await, 0);
+    assert_eq!(w.available(&bob, &b).await, 105);
+    let (total, larger) = batches(&w, 4).await;
+    assert!(larger >= 1, "the six queued postings were one batch ({total} batches)");
+    w.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn a_posting_the_database_refuses_is_isolated_and_its_batch_commits() {
+    let w = world_with(Options::default().set("engine.workers", 1)).await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, "DE22ALICE", 10_000).await;
+    w.account(&bob, "DE22BOB", 0).await;
+    let carol = w.identity.user("carol@example.com").await;
+    let c = w.account(&carol, "DE22CAROL", 100).await;
+    // A rule only the database knows (as a bug or a corrupt row would be): it refuses the whole
+    // statement of any batch that carries the poison.
+    sqlx::query("ALTER TABLE transfers ADD CONSTRAINT no_poison CHECK (description <> 'poison')")
+        .execute(&mut w.db().await)
+        .await
+        .unwrap();
+    let channel = w.ledger.channel().await;
+    let blocker = Blocker::lock(&w, &c).await;
+    let mut carol_client = LedgerServiceClient::new(channel.clone());
+    let carol_token = carol.tokens.access_token.clone();
+    let first = tokio::spawn(async move {
+        carol_client
+            .create_transfer(keyed(
+                transfer(&c, Destination::ToAccountNumber("DE22BOB".into()), 1),
+                &carol_token,
+                "c",
+            ))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut calls = Vec::new();
+    for i in 0..21 {
+        let mut client = LedgerServiceClient::new(channel.clone());
+        let mut request = transfer(&a, Destination::ToAccountNumber("DE22BOB".into()), 100);
+        if i == 10 {
+            request.description = "poison".into();
+        }
+        let request = keyed(request, &alice.tokens.access_token, &format!("k{i}"));
+        calls.push(tokio::spawn(async move { client.create_transfer(request).await }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    blocker.release().await;
+    assert!(first.await.unwrap().is_ok());
+    for (i, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Ok(_) => assert_ne!(i, 10),
+            Err(status) => {
+                assert_eq!(i, 10, "only the poison fails: {status:?}");
+                assert_eq!(status.code(), Code::Internal);
+            }
+        }
+    }
+    assert_eq!(w.available(&alice, &a).await, 10_000 - 20 * 100);
+    let (_, body) = bank_testkit::probe::http_get(w.ledger.admin_addr, "/metrics").await;
+    assert!(body.contains("ledger_batch_isolations_total"), "the batch was split:\n{body}");
+    w.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn holds_in_one_batch_keep_one_hold_per_reference_and_one_outcome_per_hold() {
+    let w = world_with(Options::default().set("engine.workers", 1)).await;
+    let alice = w.identity.user("alice@example.com").await;
+    let a = w.account(&alice, "DE23ALICE", 1_000).await;
+    let carol = w.identity.user("carol@example.com").await;
+    let c = w.account(&carol, "DE23CAROL", 100).await;
+    let cards = w.identity.service_token(&["ledger:holds"]).await;
+    let channel = w.ledger.channel().await;
+    let hold = |reference: &str, minor| CreateHoldRequest {
+        account_id: a.clone(),
+        amount: eur(minor),
+        reference_id: reference.into(),
+        counterparty: SystemAccountType::CardSettlement as i32,
+        description: "coffee".into(),
+        expires_at: None,
+    };
+    let existing = LedgerServiceClient::new(channel.clone())
+        .create_hold(bearer(hold("before", 100), &cards))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .hold_id;
+
+    let blocker = Blocker::lock(&w, &c).await;
+    let mut carol_client = LedgerServiceClient::new(channel.clone());
+    let carol_token = carol.tokens.access_token.clone();
+    let first = tokio::spawn(async move {
+        carol_client
+            .create_transfer(keyed(
+                transfer(&c, Destination::ToAccountNumber("DE23ALICE".into()), 1),
+                &carol_token,
+                "c",
+            ))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        let mut client = LedgerServiceClient::new(channel.clone());
+        let request = bearer(hold("same", 200), &cards);
+        created.push(tokio::spawn(async move { client.create_hold(request).await }));
+    }
+    let mut client = LedgerServiceClient::new(channel.clone());
+    let capture = bearer(CaptureHoldRequest { hold_id: existing.clone(), amount: eur(60) }, &cards);
+    let captured = tokio::spawn(async move { client.capture_hold(capture).await });
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    let mut client = LedgerServiceClient::new(channel.clone());
+    let void = bearer(VoidHoldRequest { hold_id: existing.clone(), reason: String::new() }, &cards);
+    let voided = tokio::spawn(async move { client.void_hold(void).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    blocker.release().await;
+    assert!(first.await.unwrap().is_ok());
+
+    let mut ids = std::collections::HashSet::new();
+    for call in created {
+        ids.insert(call.await.unwrap().unwrap().into_inner().hold.unwrap().hold_id);
+    }
+    assert_eq!(ids.len(), 1, "one hold per reference");
+    let captured = captured.await.unwrap().unwrap().into_inner();
+    assert_eq!(captured.hold.unwrap().status, HoldStatus::Captured as i32);
+    assert!(captured.transaction.is_some());
+    assert_eq!(reason_of(&voided.await.unwrap().unwrap_err()), Some(ErrorCode::HoldNotActive));
+    // 1 000 + 1 from Carol - 60 captured, 200 held by the new hold.
+    assert_eq!(w.posted(&alice, &a).await, 941);
+    assert_eq!(w.available(&alice, &a).await, 741);
+    w.assert_healthy().await;
 }
