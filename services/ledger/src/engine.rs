@@ -504,10 +504,18 @@ impl Shared {
         }
     }
 
-    /// A dedicated connection with the pool's settings, statements planned once (ADR 0017).
+    /// A dedicated connection with the pool's settings, statements planned once (ADR 0017), and
+    /// no sequential scans (ADR 0029): every engine statement reaches its rows by a key, and a
+    /// plan made while a table was small (a fresh database, or autovacuum off so that no
+    /// statistics exist) would otherwise hash-join against a full scan of it for the life of the
+    /// connection — measured: the key lookup went from 0.1 ms to 18 ms at 40,000 stored keys.
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        sqlx::Executor::execute(&mut conn, "SET plan_cache_mode = force_generic_plan").await?;
+        sqlx::Executor::execute(
+            &mut conn,
+            "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off",
+        )
+        .await?;
         Ok(conn)
     }
 
