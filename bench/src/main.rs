@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! loadgen login [--clients 4] [--seconds 15]
-//! loadgen transfers [--clients 32] [--seconds 15] [--accounts 100000] [--pool N]
+//! loadgen transfers [--clients 32] [--seconds 15] [--accounts 100000] [--pool N] [--workers N]
+//!                   [--max-batch N] [--baseline-p50-ms X]
 //! loadgen gateway [--op balance|transfer] [--clients 32] [--seconds 10]
 //! ```
 //!
@@ -41,6 +42,12 @@ struct Args {
     op: String,
     /// The ledger's `database.max_connections` (`None`: the service's default).
     pool: Option<u32>,
+    /// The ledger's `engine.workers` (`None`: the service's default).
+    workers: Option<u32>,
+    /// The ledger's `engine.max_batch` (`None`: the service's default).
+    max_batch: Option<u32>,
+    /// The 1-client p50 of the build before the posting engine, to judge the 1-client row against.
+    baseline_p50_ms: Option<f64>,
 }
 
 fn args() -> Args {
@@ -55,6 +62,9 @@ fn args() -> Args {
         accounts: 100_000,
         op: "balance".to_owned(),
         pool: None,
+        workers: None,
+        max_batch: None,
+        baseline_p50_ms: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -64,6 +74,9 @@ fn args() -> Args {
             "--accounts" => parsed.accounts = value.parse().expect("--accounts N"),
             "--op" => parsed.op = value,
             "--pool" => parsed.pool = Some(value.parse().expect("--pool N")),
+            "--workers" => parsed.workers = Some(value.parse().expect("--workers N")),
+            "--max-batch" => parsed.max_batch = Some(value.parse().expect("--max-batch N")),
+            "--baseline-p50-ms" => parsed.baseline_p50_ms = Some(value.parse().expect("--baseline-p50-ms X")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -201,7 +214,7 @@ async fn main() {
     let args = args();
     match args.scenario.as_str() {
         "login" => login(&args).await,
-        "transfers" => transfers::run(args.clients, args.seconds, args.accounts, args.pool).await,
+        "transfers" => transfers::run(&args).await,
         "gateway" => gateway::run(args.clients, args.seconds, &args.op).await,
         other => panic!("unknown scenario {other}; try: login, transfers, gateway"),
     }
