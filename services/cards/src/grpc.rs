@@ -37,23 +37,10 @@ use crate::{
 
 type Answer<T> = Result<Response<T>, Status>;
 
-const ISSUE: &str = "/bank.cards.v1.CardsService/IssueCard";
-const FREEZE: &str = "/bank.cards.v1.CardsService/FreezeCard";
-const UNFREEZE: &str = "/bank.cards.v1.CardsService/UnfreezeCard";
-const REPORT_LOST: &str = "/bank.cards.v1.CardsService/ReportCardLost";
-const REPLACE: &str = "/bank.cards.v1.CardsService/ReplaceCard";
-const SET_LIMITS: &str = "/bank.cards.v1.CardsService/SetCardLimits";
-const CLOSE: &str = "/bank.cards.v1.CardsService/CloseCard";
-const AUTHORIZE: &str = "/bank.cards.v1.CardsService/AuthorizeCharge";
-const CAPTURE: &str = "/bank.cards.v1.CardsService/CaptureCharge";
-const VOID: &str = "/bank.cards.v1.CardsService/VoidCharge";
-const REFUND: &str = "/bank.cards.v1.CardsService/RefundCharge";
-const FORCE_CLOSE: &str = "/bank.cards.v1.CardsAdminService/ForceCloseCard";
-
-/// The RPC name stored with an authorization's key, as the `'static` the idempotency module uses.
-pub(crate) fn static_rpc(rpc: &str) -> Option<&'static str> {
-    [AUTHORIZE, CAPTURE, VOID, REFUND].into_iter().find(|known| *known == rpc)
-}
+use crate::rpcs::{
+    AUTHORIZE, CAPTURE, CLOSE, FORCE_CLOSE, FREEZE, ISSUE, REFUND, REPLACE, REPORT_LOST, SET_LIMITS,
+    UNFREEZE, VOID,
+};
 
 /// Page token kinds.
 const CARDS_PAGE: &str = "cards";

@@ -21,6 +21,7 @@ pub mod config;
 mod convert;
 pub mod domain;
 mod grpc;
+mod rpcs;
 mod saga;
 mod storage;
 use bank_platform::tx;

@@ -332,7 +332,7 @@ impl AuthRow {
 
     /// The idempotency key of the request that created it.
     pub(crate) fn key(&self) -> Option<Key> {
-        let rpc = crate::grpc::static_rpc(&self.key_rpc)?;
+        let rpc = crate::rpcs::charge_rpc(&self.key_rpc)?;
         Some(Key { principal: self.key_principal.clone(), rpc, key: self.key.clone() })
     }
 }
