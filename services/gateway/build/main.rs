@@ -5,7 +5,8 @@
 //! with one line per problem, naming the RPC), and writes into `OUT_DIR`:
 //!
 //! - `routes.rs`: one typed axum handler per annotated RPC, the route table and `register()`;
-//! - `openapi.json`: the OpenAPI 3.1 document of the same routes.
+//! - `openapi.json`: the OpenAPI 3.1 document of the same routes;
+//! - `route_rpcs.rs`: the names of the routed RPCs, a leaf that config validation reads.
 //!
 //! The supported subset is described in [`model`].
 
@@ -68,6 +69,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
 
     fs::write(out_dir.join("routes.rs"), codegen::routes(&routes))?;
+    fs::write(out_dir.join("route_rpcs.rs"), codegen::route_rpcs(&routes))?;
     let document = openapi::document(&pool, &routes)?;
     fs::write(out_dir.join("openapi.json"), serde_json::to_string(&document)?)?;
     Ok(())

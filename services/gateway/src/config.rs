@@ -6,7 +6,7 @@ use bank_auth::AuthConfig;
 use bank_platform::config::{self, RedisConfig, ServerConfig, TelemetryConfig, Validate};
 use serde::Deserialize;
 
-use crate::{client_ip::TrustedProxies, ratelimit::RateLimitConfig, transcode::Upstream};
+use crate::{client_ip::TrustedProxies, ratelimit::RateLimitConfig, upstream::Upstream};
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +91,7 @@ impl Default for EdgeConfig {
 impl EdgeConfig {
     fn validate(&self) -> Result<(), config::Error> {
         for origin in &self.cors_allowed_origins {
-            crate::edge::parse_origin(origin).map_err(|why| {
+            crate::origin::parse_origin(origin).map_err(|why| {
                 config::Error::invalid("edge.cors_allowed_origins", format!("{origin:?}: {why}"))
             })?;
         }
@@ -189,7 +189,7 @@ impl UpstreamsConfig {
             return Err(config::Error::invalid("upstreams.request_timeout", "must be positive"));
         }
         for (rpc, timeout) in &self.route_timeouts {
-            if !crate::ROUTES.iter().any(|r| r.rpc == rpc) {
+            if !crate::route_rpcs::ROUTE_RPCS.contains(&rpc.as_str()) {
                 return Err(config::Error::invalid(
                     "upstreams.route_timeouts",
                     format!("{rpc:?} is not an RPC with a REST route (package.Service/Method)"),

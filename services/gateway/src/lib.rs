@@ -35,9 +35,12 @@ mod config;
 mod context;
 mod edge;
 mod gate;
+mod origin;
 mod problem;
 mod ratelimit;
 mod transcode;
+mod upstream;
+mod upstreams;
 
 pub use config::{Config, EdgeConfig, UpstreamsConfig};
 pub use problem::{Problem, Violation};
@@ -57,6 +60,12 @@ mod routes {
     };
 
     include!(concat!(env!("OUT_DIR"), "/routes.rs"));
+}
+
+/// The names of the routed RPCs (`OUT_DIR/route_rpcs.rs`), a leaf so that config does not depend
+/// on the handlers.
+mod route_rpcs {
+    include!(concat!(env!("OUT_DIR"), "/route_rpcs.rs"));
 }
 
 /// The OpenAPI 3.1 document of every generated route (`OUT_DIR/openapi.json`, `build/openapi.rs`).
@@ -185,5 +194,18 @@ fn jwk_set(response: GetJwksResponse) -> Response {
             tracing::error!(error = %err, "cannot render the JWK Set");
             Problem::new(ErrorCode::Internal, "internal error").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_routed_rpc_names_are_the_route_tables_rpcs() {
+        let from_routes: BTreeSet<&str> = super::ROUTES.iter().map(|r| r.rpc).collect();
+        let names: BTreeSet<&str> = super::route_rpcs::ROUTE_RPCS.iter().copied().collect();
+        assert_eq!(from_routes, names);
+        assert!(!names.is_empty());
     }
 }

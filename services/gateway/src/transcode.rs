@@ -8,7 +8,6 @@
 
 use std::{
     future::Future,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,18 +20,16 @@ use bank_platform::{ErrorCode, telemetry};
 use http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
-use tonic::{
-    metadata::{AsciiMetadataValue, MetadataMap},
-    transport::{Channel, Endpoint},
-};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 
 use crate::{
-    breaker::{Admission, Breaker},
+    breaker::Admission,
     client_ip::ClientIp,
-    config::{EdgeConfig, UpstreamsConfig},
     context::{REQUEST_ID, RequestId},
     problem::{Problem, Violation},
 };
+
+pub(crate) use crate::{upstream::Upstream, upstreams::Upstreams};
 
 /// The default largest request body (`edge.max_body_bytes`; larger ones answer 413).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -117,101 +114,6 @@ pub(crate) enum Kind {
     Float,
     /// A value name (or number).
     Enum,
-}
-
-/// The upstream services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Upstream {
-    Identity,
-    Accounts,
-    Ledger,
-    Cards,
-    Notifications,
-}
-
-impl Upstream {
-    pub(crate) const ALL: [Upstream; 5] =
-        [Self::Identity, Self::Accounts, Self::Ledger, Self::Cards, Self::Notifications];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Identity => "identity",
-            Self::Accounts => "accounts",
-            Self::Ledger => "ledger",
-            Self::Cards => "cards",
-            Self::Notifications => "notifications",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// One lazily connected channel per upstream service, its circuit breaker, the per-request
-/// deadline, the retry policy of reads, and the body limits.
-#[derive(Debug, Clone)]
-pub(crate) struct Upstreams {
-    pub(crate) identity: Channel,
-    pub(crate) accounts: Channel,
-    pub(crate) ledger: Channel,
-    pub(crate) cards: Channel,
-    pub(crate) notifications: Channel,
-    pub(crate) timeout: Duration,
-    route_timeouts: Arc<std::collections::BTreeMap<String, Duration>>,
-    retries: u32,
-    retry_backoff: Duration,
-    breakers: Arc<[Breaker; 5]>,
-    max_body_bytes: usize,
-    max_json_depth: usize,
-}
-
-impl Upstreams {
-    /// The channel of `upstream`.
-    pub(crate) fn channel(&self, upstream: Upstream) -> &Channel {
-        match upstream {
-            Upstream::Identity => &self.identity,
-            Upstream::Accounts => &self.accounts,
-            Upstream::Ledger => &self.ledger,
-            Upstream::Cards => &self.cards,
-            Upstream::Notifications => &self.notifications,
-        }
-    }
-
-    fn breaker(&self, upstream: Upstream) -> &Breaker {
-        &self.breakers[upstream.index()]
-    }
-
-    /// Channels that connect on first use (and reconnect by themselves).
-    pub(crate) fn connect_lazy(
-        config: &UpstreamsConfig,
-        edge: &EdgeConfig,
-    ) -> Result<Self, bank_platform::BoxError> {
-        let channel = |setting: &str, url: &str| -> Result<Channel, bank_platform::BoxError> {
-            Ok(Endpoint::from_shared(url.to_owned())
-                .map_err(|e| format!("upstreams.{setting}: {e}"))?
-                .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true)
-                .connect_lazy())
-        };
-        Ok(Self {
-            identity: channel("identity", &config.identity)?,
-            accounts: channel("accounts", &config.accounts)?,
-            ledger: channel("ledger", &config.ledger)?,
-            cards: channel("cards", &config.cards)?,
-            notifications: channel("notifications", &config.notifications)?,
-            timeout: config.request_timeout,
-            route_timeouts: Arc::new(config.route_timeouts.clone()),
-            retries: config.retries,
-            retry_backoff: config.retry_backoff,
-            breakers: Arc::new(
-                Upstream::ALL
-                    .map(|u| Breaker::new(u.name(), config.breaker_failures, config.breaker_open_for)),
-            ),
-            max_body_bytes: edge.max_body_bytes,
-            max_json_depth: edge.max_json_depth,
-        })
-    }
 }
 
 /// Transcodes one unary call: request JSON -> `Req` -> `call` -> `respond` (or problem+json).
