@@ -9,13 +9,22 @@
 //!   with a lower `tv` are revoked;
 //! * `client:<id>` — a disabled service client, for one service-token lifetime.
 //!
-//! Identity writes them after committing the change to its database, which stays the truth. Without
+//! Identity writes them after committing the change to its database, which stays the truth, and
+//! replays its revocation journal until Redis has acknowledged every revocation; `epoch` holds the
+//! Redis time (microseconds) up to which identity last certified Redis complete (ADR 0030). Without
 //! `epoch` (Redis lost its data, or a write failed and identity dropped the key on purpose) Redis
 //! cannot vouch for any token, and so when Redis does not answer in time: identity is asked
-//! ([`StatusSource`]); when that fails too the call is refused with `UNAVAILABLE`. A revoked token
-//! is never accepted.
+//! ([`StatusSource`]); when that fails too the call is refused with `UNAVAILABLE`.
+//!
+//! After this checker has seen Redis fail, it trusts Redis again only once `epoch` certifies a time
+//! after Redis answered again: a revocation made while Redis was unreachable (which identity could
+//! not write, and whose epoch it could not drop) is not forgotten when Redis returns with its old
+//! data and its old epoch. A revoked token is never accepted.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bank_proto::identity::v1::{CheckTokenStatusRequest, identity_service_client::IdentityServiceClient};
 use futures::future::BoxFuture;
@@ -94,6 +103,18 @@ pub struct Revocation {
     keys: RevocationKeys,
     timeout: Duration,
     fallback: Option<Arc<dyn StatusSource>>,
+    trust: Mutex<Trust>,
+}
+
+/// Whether Redis may vouch for tokens, as far as this checker has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// No failure seen since the last certification.
+    Trusted,
+    /// A call failed; the next answer tells from when on a certification counts.
+    Failed,
+    /// Redis answered again at this Redis time (microseconds): an epoch at or after it counts.
+    Until(u64),
 }
 
 impl std::fmt::Debug for Revocation {
@@ -111,7 +132,23 @@ impl Revocation {
         timeout: Duration,
         fallback: Option<Arc<dyn StatusSource>>,
     ) -> Self {
-        Self { redis, keys, timeout, fallback }
+        Self { redis, keys, timeout, fallback, trust: Mutex::new(Trust::Trusted) }
+    }
+
+    fn trust(&self) -> Trust {
+        *self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_trust(&self, trust: Trust) {
+        *self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = trust;
+        metrics::gauge!("auth_revocation_redis_trusted").set(if trust == Trust::Trusted { 1.0 } else { 0.0 });
+    }
+
+    /// A Redis call failed: distrust Redis until identity certifies it again.
+    fn failed(&self) {
+        if self.trust() != Trust::Failed {
+            self.set_trust(Trust::Failed);
+        }
     }
 
     /// The keys this checker reads.
@@ -134,20 +171,60 @@ impl Revocation {
             ],
             _ => vec![self.keys.epoch(), self.keys.jti(&claims.jti), self.keys.client(&claims.sub)],
         };
+        let trust = self.trust();
         let mut conn = self.redis.clone();
-        let answer = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("MGET").arg(&lookup).query_async::<Vec<Option<String>>>(&mut conn),
-        )
-        .await;
-        let values = match answer {
-            Ok(Ok(values)) if values.len() == lookup.len() => values,
-            Ok(Ok(_)) => return self.fall_back(claims, "unexpected answer from Redis").await,
-            Ok(Err(err)) => return self.fall_back(claims, &format!("redis: {err}")).await,
-            Err(_) => return self.fall_back(claims, "redis did not answer in time").await,
+        // While distrusting, Redis' clock comes along: it dates the recovery a certification must follow.
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&lookup);
+        if trust != Trust::Trusted {
+            pipe.cmd("TIME");
+        }
+        let answer =
+            tokio::time::timeout(self.timeout, pipe.query_async::<Vec<redis::Value>>(&mut conn)).await;
+        let replies = match answer {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(err)) => {
+                self.failed();
+                return self.fall_back(claims, &format!("redis: {err}")).await;
+            }
+            Err(_) => {
+                self.failed();
+                return self.fall_back(claims, "redis did not answer in time").await;
+            }
         };
-        if values[0].is_none() {
+        let mut replies = replies.into_iter();
+        let values: Vec<Option<String>> = match replies.next().map(redis::from_redis_value) {
+            Some(Ok(values)) => values,
+            _ => return self.fall_back(claims, "unexpected answer from Redis").await,
+        };
+        if values.len() != lookup.len() {
+            return self.fall_back(claims, "unexpected answer from Redis").await;
+        }
+        let Some(epoch) = values[0].as_deref() else {
             return self.fall_back(claims, "redis does not hold the revocations (no epoch)").await;
+        };
+        if trust != Trust::Trusted {
+            let since = match trust {
+                Trust::Until(since) => since,
+                Trust::Trusted | Trust::Failed => {
+                    match replies.next().map(redis::from_redis_value::<(u64, u64)>) {
+                        Some(Ok((seconds, micros))) => {
+                            let since = seconds.saturating_mul(1_000_000).saturating_add(micros);
+                            self.set_trust(Trust::Until(since));
+                            since
+                        }
+                        _ => return self.fall_back(claims, "unexpected answer from Redis").await,
+                    }
+                }
+            };
+            match epoch.parse::<u64>() {
+                Ok(certified) if certified >= since => self.set_trust(Trust::Trusted),
+                _ => {
+                    return self
+                        .fall_back(claims, "redis answers again but identity has not certified it since")
+                        .await;
+                }
+            }
         }
         if values[1].is_some() || values[2].is_some() {
             return Ok(TokenStatus::Revoked);

@@ -1,5 +1,7 @@
 //! Redis: one auto-reconnecting connection manager per process.
 
+use std::time::Duration;
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret as _;
 
@@ -28,6 +30,8 @@ pub struct Redis {
     pub conn: ConnectionManager,
     /// Prefix for every key (`redis.key_prefix`).
     pub key_prefix: String,
+    /// The bound of one call on a request path (`redis.timeout`).
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for Redis {
@@ -41,6 +45,22 @@ impl Redis {
     #[must_use]
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.key_prefix)
+    }
+
+    /// Awaits one command or pipeline for at most `redis.timeout`. The connection manager's own
+    /// response timeout does not bound a call that waits for a reconnection, and a call on a
+    /// request path must never hang on Redis: an elapsed bound answers an `Io` error.
+    ///
+    /// # Errors
+    /// Redis failed, or did not answer within the bound.
+    pub async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "no answer within redis.timeout"))),
+        }
     }
 }
 
@@ -58,5 +78,5 @@ pub async fn connect(config: &RedisConfig) -> Result<Redis, Error> {
     let conn = ConnectionManager::new_with_config(client, manager_config)
         .await
         .map_err(|source| Error::Connect { target, source })?;
-    Ok(Redis { conn, key_prefix: config.key_prefix.clone() })
+    Ok(Redis { conn, key_prefix: config.key_prefix.clone(), timeout: config.timeout })
 }

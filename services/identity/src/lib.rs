@@ -86,10 +86,8 @@ impl Service for Identity {
         };
         bootstrap::run(&state).await?;
         // Not fatal: until it succeeds (the background task retries), verifiers ask identity.
-        match revocations.rehydrate_if_needed(&pool).await {
-            Ok(true) => tracing::info!("redis held no revocations: loaded them from the database"),
-            Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "loading revocations into redis failed; will retry"),
+        if let Err(err) = revocations.sync(&pool).await {
+            tracing::warn!(error = %err, "syncing revocations to redis failed; will retry");
         }
 
         // Identity verifies its own tokens from its key ring and asks its own database when Redis
@@ -122,7 +120,7 @@ impl Service for Identity {
             .relay_outbox()
             .authenticator(authenticator)
             .task(move |stop| keys.run(reload, stop))
-            .task(move |stop| revocations.keep_hydrated(hydrate_pool, Duration::from_secs(2), stop))
+            .task(move |stop| revocations.keep_in_sync(hydrate_pool, Duration::from_secs(1), stop))
             .bind()
             .await
     }

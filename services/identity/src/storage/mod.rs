@@ -7,5 +7,6 @@ pub mod email_tokens;
 pub mod keys;
 pub mod mfa;
 pub mod outbox;
+pub mod revocation_journal;
 pub mod sessions;
 pub mod users;
