@@ -118,6 +118,7 @@ pids+=("$!")
 start identity \
   BANK_SERVER__LISTEN_ADDR="127.0.0.1:${grpc_port[identity]}" \
   BANK_SERVER__ADMIN_ADDR="127.0.0.1:${admin_port[identity]}" \
+  BANK_SERVER__TRUSTED_FORWARDERS='["127.0.0.1"]' \
   BANK_DATABASE__URL="postgres://postgres@127.0.0.1:5432/${db_prefix}identity" \
   BANK_REDIS__URL="redis://127.0.0.1:6379" \
   BANK_REDIS__KEY_PREFIX="${redis_prefix}identity:" \

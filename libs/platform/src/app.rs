@@ -14,7 +14,7 @@ use crate::{
     config::{self, ServerConfig, TelemetryConfig, Validate},
     grpc::{
         Authenticate, GrpcServices,
-        layers::{AuthLayer, LoadShedLayer, RequestContextLayer},
+        layers::{AuthLayer, ForwardedLayer, LoadShedLayer, RequestContextLayer},
     },
     health::{Check, PostgresCheck, Readiness, RedisCheck},
     redis::Redis,
@@ -303,11 +303,15 @@ impl App {
                 let GrpcServices { mut routes, names, descriptor_sets } = services;
                 add_reflection(&mut routes, &names, &descriptor_sets)?;
                 let authenticator = authenticator.map(|slot| slot.0.clone());
+                let trusted_forwarders = crate::net::AddressBlocks::parse(&server.trusted_forwarders)
+                    .map_err(|why| format!("server.trusted_forwarders: {why}"))?;
                 // Outermost first. Each layer says why it sits where it does.
                 let stack = ServiceBuilder::new()
                     // Request id, trace context, access log, metrics: outermost, so that calls the
                     // layers below reject are still logged and counted.
                     .layer(RequestContextLayer::new(name))
+                    // Forwarded client facts from untrusted peers are dropped before anything reads them.
+                    .layer(ForwardedLayer::new(trusted_forwarders))
                     // Shed before doing any work (auth may hit Redis) when at capacity.
                     .layer(LoadShedLayer::new(server.max_concurrent_requests))
                     // Authentication last: only admitted calls pay for it, and handlers see the principal.

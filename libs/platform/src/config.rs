@@ -268,6 +268,10 @@ pub struct ServerConfig {
     /// How long one dependency check may take before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub readiness_timeout: Duration,
+    /// gRPC services: the peers (IPs, CIDR blocks) whose `x-forwarded-for` and
+    /// `x-forwarded-user-agent` are believed — the gateway's network. Empty (the default): from
+    /// nobody; the client address is the TCP peer.
+    pub trusted_forwarders: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -281,6 +285,7 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             readiness_interval: Duration::from_secs(1),
             readiness_timeout: Duration::from_secs(2),
+            trusted_forwarders: Vec::new(),
         }
     }
 }
@@ -297,6 +302,8 @@ impl Validate for ServerConfig {
         if self.max_concurrent_requests == 0 {
             return Err(Error::invalid("server.max_concurrent_requests", "must be at least 1"));
         }
+        crate::net::AddressBlocks::parse(&self.trusted_forwarders)
+            .map_err(|why| Error::invalid("server.trusted_forwarders", why))?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod pagination;
 pub mod redis;

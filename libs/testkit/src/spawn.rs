@@ -96,6 +96,8 @@ pub async fn spawn_with<S: Service>(options: Options) -> TestApp {
         .with("server.admin_addr", "127.0.0.1:0")
         .with("server.readiness_interval", "100ms")
         .with("server.readiness_timeout", "1s")
+        // Tests' gateways and callers are on loopback, like `make dev`'s (production: the gateway's network).
+        .with("server.trusted_forwarders", vec!["127.0.0.1"])
         .with("telemetry.log_format", "pretty");
     if let Some(db) = &database {
         sources = sources.with("database.url", db.url());

@@ -9,8 +9,9 @@ pub struct CallContext {
     pub request_id: String,
     /// The trace id.
     pub trace_id: String,
-    /// Client IP: the peer, or the first `x-forwarded-for` hop when the peer is the gateway (the
-    /// gateway overwrites that header; clients cannot reach services directly in production).
+    /// Client IP: the first `x-forwarded-for` hop, which the platform keeps only when the peer is a
+    /// trusted forwarder (`server.trusted_forwarders`: the gateway, which writes the header itself),
+    /// else the TCP peer.
     pub ip_address: String,
     /// The client's user agent (`x-forwarded-user-agent` from the gateway, else `user-agent`).
     pub user_agent: String,

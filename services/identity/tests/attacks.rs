@@ -153,3 +153,52 @@ async fn forged_expired_misaddressed_and_misused_tokens_are_all_refused() {
     // Still serving, and the genuine token still works.
     client.get_my_profile(bearer(GetMyProfileRequest {}, &user.tokens.access_token)).await.unwrap();
 }
+
+/// Item: a direct gRPC caller cannot choose the address identity records: `x-forwarded-for` counts
+/// only from a trusted forwarder (`server.trusted_forwarders`, the gateway), and by default from none.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_forwarders() {
+    use bank_proto::identity::v1::{ListMySessionsRequest, LoginRequest};
+
+    async fn recorded_ip(identity: &TestIdentity, email: &str) -> String {
+        let user = identity.user(email).await;
+        let mut client = identity.client().await;
+        let mut login = tonic::Request::new(LoginRequest {
+            email: user.email.clone(),
+            password: bank_testkit::identity::USER_PASSWORD.into(),
+            device_name: String::new(),
+        });
+        login.metadata_mut().insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        let tokens = match client.login(login).await.unwrap().into_inner().outcome {
+            Some(bank_proto::identity::v1::login_response::Outcome::Tokens(tokens)) => tokens,
+            other => panic!("unexpected login outcome: {other:?}"),
+        };
+        let sessions = client
+            .list_my_sessions(bank_testkit::bearer(ListMySessionsRequest::default(), &tokens.access_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions;
+        let newest = sessions.iter().max_by_key(|s| s.created_at.map(|t| (t.seconds, t.nanos))).unwrap();
+        newest.ip_address.clone()
+    }
+
+    // The production default: nobody's forwarded address is believed.
+    let untrusting = TestIdentity::spawn_with(
+        bank_testkit::Options::default().set("server.trusted_forwarders", Vec::<String>::new()),
+    )
+    .await;
+    assert_eq!(recorded_ip(&untrusting, "mallory@example.com").await, "127.0.0.1");
+    // A forwarder elsewhere is not this peer either.
+    let elsewhere = TestIdentity::spawn_with(
+        bank_testkit::Options::default().set("server.trusted_forwarders", vec!["10.0.0.0/8"]),
+    )
+    .await;
+    assert_eq!(recorded_ip(&elsewhere, "mallory@example.com").await, "127.0.0.1");
+    // The gateway's network: its header is the client's address.
+    let trusting = TestIdentity::spawn_with(
+        bank_testkit::Options::default().set("server.trusted_forwarders", vec!["127.0.0.1"]),
+    )
+    .await;
+    assert_eq!(recorded_ip(&trusting, "gary@example.com").await, "6.6.6.6");
+}

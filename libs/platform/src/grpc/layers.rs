@@ -28,6 +28,12 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// it from every call; the gateway never forwards it).
 pub const INTERNAL_METADATA: [&str; 4] = ["x-user-id", "x-principal", "x-roles", "x-internal-auth"];
 
+/// Metadata that reports the end client (its address, its user agent). Believed only from a peer in
+/// `server.trusted_forwarders` (the gateway); from anyone else it is removed before a handler
+/// reads it, so a caller that reaches a service port directly cannot choose the address a session,
+/// an audit entry or a per-IP decision records.
+pub const FORWARDED_METADATA: [&str; 3] = ["x-forwarded-for", "x-forwarded-user-agent", "forwarded"];
+
 /// Paths that answer without authentication and are not counted as API traffic.
 fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
@@ -391,5 +397,65 @@ where
             }
             inner.call(Request::from_parts(parts, body)).await
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarded client facts: believed only from trusted forwarders.
+// ---------------------------------------------------------------------------------------------
+
+/// Removes [`FORWARDED_METADATA`] from calls whose TCP peer is not a trusted forwarder.
+#[derive(Debug, Clone)]
+pub struct ForwardedLayer {
+    trusted: Arc<crate::net::AddressBlocks>,
+}
+
+impl ForwardedLayer {
+    /// Believes forwarded metadata from peers in `trusted` only (empty: from nobody).
+    #[must_use]
+    pub fn new(trusted: crate::net::AddressBlocks) -> Self {
+        Self { trusted: Arc::new(trusted) }
+    }
+}
+
+impl<S> Layer<S> for ForwardedLayer {
+    type Service = Forwarded<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Forwarded { inner, trusted: self.trusted.clone() }
+    }
+}
+
+/// See [`ForwardedLayer`].
+#[derive(Debug, Clone)]
+pub struct Forwarded<S> {
+    inner: S,
+    trusted: Arc<crate::net::AddressBlocks>,
+}
+
+impl<S, ReqB> Service<Request<ReqB>> for Forwarded<S>
+where
+    S: Service<Request<ReqB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
+        let believed = peer.is_some_and(|peer| self.trusted.contains(peer.ip()));
+        if !believed {
+            let headers = req.headers_mut();
+            for name in FORWARDED_METADATA {
+                headers.remove(name);
+            }
+        }
+        self.inner.call(req)
     }
 }

@@ -5,7 +5,7 @@ pub mod layers;
 mod server;
 pub mod upstream;
 
-pub use layers::{Authenticate, INTERNAL_METADATA, REQUEST_ID};
+pub use layers::{Authenticate, FORWARDED_METADATA, INTERNAL_METADATA, REQUEST_ID};
 pub use server::GrpcServices;
 
 /// A channel to `url` that connects on first use (a service starts, and answers what it can, while
