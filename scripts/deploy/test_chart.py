@@ -250,7 +250,7 @@ def test_alerts_use_metrics_the_code_exports():
         for alert in group["rules"]:
             names = set(re.findall(r"\b([a-z]+(?:_[a-z0-9]+)+)\b", alert["expr"]))
             metrics = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names if n.split("_")[0] in
-                       {"grpc", "gateway", "auth", "identity", "ledger", "accounts"}}
+                       {"grpc", "gateway", "auth", "identity", "ledger", "accounts", "dependency"}}
             assert metrics, alert["alert"]
             assert metrics <= exported, f"{alert['alert']}: {metrics - exported} not exported by the code"
 

@@ -24,11 +24,23 @@ pub async fn live() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// Readiness: every dependency answered at the last check and the process is not shutting down.
+/// Readiness: every critical dependency answered at the last check and the process is not shutting
+/// down. The body's first line is `ready` or `not ready`; one line per dependency follows
+/// (`redis: down (degraded: served through fallbacks)`).
 pub async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
-    if readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let ready = readiness.is_ready();
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    for dependency in readiness.dependencies() {
+        let state = match (dependency.up, dependency.critical) {
+            (true, _) => "up",
+            (false, true) => "down",
+            (false, false) => "down (degraded: served through fallbacks)",
+        };
+        body.push_str(dependency.name);
+        body.push_str(": ");
+        body.push_str(state);
+        body.push('\n');
     }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body)
 }

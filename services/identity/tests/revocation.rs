@@ -23,6 +23,24 @@ async fn with_redis_cut_valid_tokens_pass_and_revoked_ones_are_still_refused() {
 
     proxy.cut();
     client.get_my_profile(bearer(GetMyProfileRequest {}, &user.tokens.access_token)).await.unwrap();
+    // Redis down is degraded, not unready: identity stays in its Service and says why.
+    let channel = identity.app.channel().await;
+    let mut degraded = false;
+    for _ in 0..50 {
+        if bank_testkit::probe::health(channel.clone(), "dependency/redis").await.ok()
+            == Some(bank_testkit::probe::ServingStatus::NotServing)
+        {
+            degraded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(degraded, "the health detail says Redis is down");
+    assert_eq!(
+        bank_testkit::probe::health(channel.clone(), "").await.unwrap(),
+        bank_testkit::probe::ServingStatus::Serving
+    );
+    assert!(identity.app.readiness().is_ready());
     let err = client.get_my_profile(bearer(GetMyProfileRequest {}, &other.access_token)).await.unwrap_err();
     assert_eq!(reason_of(&err), Some(ErrorCode::TokenRevoked));
 
