@@ -96,3 +96,57 @@ pub async fn connect_with(
     }
     Ok(pool)
 }
+
+/// Databases the readiness check last found unreachable, by `host:port/database`. Transactions on
+/// them fail at once with `UNAVAILABLE` instead of waiting `database.acquire_timeout` for a
+/// connection that cannot come (the next successful check clears the mark). Keyed by database, not
+/// process-wide, because tests run several services in one process.
+static DOWN: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+/// How many databases are marked: the common case (none) costs one atomic load.
+static DOWN_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn key(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or_default())
+}
+
+/// Records what the readiness check found (`crate::health::PostgresCheck`).
+pub(crate) fn mark(pool: &PgPool, up: bool) {
+    let key = key(pool);
+    let mut down = DOWN.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let changed = if up { down.remove(&key) } else { down.insert(key) };
+    if changed {
+        DOWN_COUNT.store(down.len(), std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Whether the last readiness check found this pool's database unreachable.
+#[must_use]
+pub fn known_down(pool: &PgPool) -> bool {
+    if DOWN_COUNT.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        return false;
+    }
+    DOWN.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key(pool))
+}
+
+/// Whether a database error means "the database cannot be reached now" (the caller should retry
+/// later: `UNAVAILABLE`) rather than a fault of this request or a bug.
+#[must_use]
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    if let sqlx::Error::Database(db) = err {
+        // connection exceptions; admin/crash shutdown, cannot connect now; too many connections;
+        // read-only standby after a failover.
+        return db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "25006")
+        });
+    }
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}

@@ -242,10 +242,31 @@ impl ServiceError {
 
     /// An internal error. The cause is logged here, once, with the request's span; the client only
     /// sees a generic message.
+    ///
+    /// A database that cannot be reached is not an internal error: the request may succeed later,
+    /// so it answers `UNAVAILABLE` (503 with `Retry-After` at the gateway) and logs a warning.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        if database_unavailable(cause) {
+            tracing::warn!(error = %ErrorChain(cause), "database unavailable");
+            return Self::new(ErrorCode::Unavailable, "the database is unavailable; retry shortly");
+        }
         tracing::error!(error = %ErrorChain(cause), "internal error");
         Self::new(ErrorCode::Internal, "internal error")
     }
+}
+
+/// Whether `cause` or one of its sources is a database error meaning "unreachable now".
+fn database_unavailable(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(cause);
+    while let Some(err) = current {
+        if let Some(db) = err.downcast_ref::<sqlx::Error>()
+            && crate::db::is_unavailable(db)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 impl fmt::Display for ServiceError {
@@ -259,7 +280,12 @@ impl std::error::Error for ServiceError {}
 impl From<ServiceError> for tonic::Status {
     fn from(err: ServiceError) -> Self {
         let mut details = ErrorDetails::new();
-        details.set_error_info(err.code.reason(), ERROR_DOMAIN, std::collections::HashMap::new());
+        let mut metadata = std::collections::HashMap::new();
+        if err.code == ErrorCode::Unavailable {
+            // The gateway turns it into `Retry-After`.
+            metadata.insert("retry_after_seconds".to_owned(), "1".to_owned());
+        }
+        details.set_error_info(err.code.reason(), ERROR_DOMAIN, metadata);
         for v in &err.violations {
             details.add_bad_request_violation(v.field.clone(), format!("{}: {}", v.code, v.description));
         }

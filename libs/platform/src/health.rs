@@ -43,7 +43,10 @@ impl Check for PostgresCheck {
     }
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.0).await.map(|_| ()).map_err(|e| e.to_string())
+            let outcome =
+                sqlx::query("SELECT 1").execute(&self.0).await.map(|_| ()).map_err(|e| e.to_string());
+            crate::db::mark(&self.0, outcome.is_ok());
+            outcome
         })
     }
 }

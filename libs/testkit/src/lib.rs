@@ -60,6 +60,17 @@ pub fn redis_addr() -> std::net::SocketAddr {
     with_port.replace("localhost", "127.0.0.1").parse().expect("the test Redis must be reached over TCP")
 }
 
+/// The test PostgreSQL as a TCP address (for a [`TcpProxy`] in front of it).
+#[must_use]
+pub fn postgres_addr() -> std::net::SocketAddr {
+    let url = database_admin_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let with_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+    with_port.replace("localhost", "127.0.0.1").parse().expect("the test PostgreSQL must be reached over TCP")
+}
+
 /// Runs `f` on a fresh single-threaded runtime in its own thread and waits for it. For cleanup in
 /// `Drop`, which may run inside or outside a Tokio runtime.
 pub(crate) fn block_on_thread<F>(f: F)

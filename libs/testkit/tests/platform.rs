@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use bank_platform::{
     App, AppBuilder, BoxError, Service,
@@ -61,20 +61,10 @@ impl Service for Probe {
     }
 }
 
-fn postgres_addr() -> SocketAddr {
-    let url = bank_testkit::database_admin_url();
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let with_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
-    let with_port = with_port.replace("localhost", "127.0.0.1");
-    with_port.parse().expect("the test PostgreSQL must be reached over TCP")
-}
-
 #[tokio::test]
 async fn readiness_follows_postgres_and_recovers_without_a_restart() {
     let database = TestDatabase::create().await;
-    let proxy = TcpProxy::start(postgres_addr()).await;
+    let proxy = TcpProxy::start(bank_testkit::postgres_addr()).await;
     let app = bank_testkit::spawn_with::<Probe>(
         Options::default().database(false).set("database.url", database.url_via(proxy.addr())),
     )

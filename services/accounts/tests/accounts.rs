@@ -1169,3 +1169,53 @@ async fn every_statement_reconciles_with_the_ledgers_balances_at_its_period_boun
     assert_eq!(minor(&statements[0].closing_balance), 37_000);
     assert_eq!(minor(&statements[0].opening_balance), 40_000);
 }
+
+/// Item: while accounts' database is unreachable, a read answers `UNAVAILABLE` (503 with
+/// `Retry-After` at the gateway), not `INTERNAL`; once readiness has seen the database down it
+/// answers without waiting for a connection; and it serves again when the database returns.
+#[tokio::test]
+async fn with_its_database_down_accounts_answers_unavailable_with_a_retry_hint() {
+    let identity = TestIdentity::spawn().await;
+    let database = bank_testkit::TestDatabase::create().await;
+    let proxy = TcpProxy::start(bank_testkit::postgres_addr()).await;
+    let accounts = bank_testkit::spawn_with::<Accounts>(
+        identity
+            .trust(Options::default())
+            .database(false)
+            .set("database.url", database.url_via(proxy.addr()))
+            .set("database.acquire_timeout", "3s"),
+    )
+    .await;
+    let alice = identity.user("alice@example.com").await;
+    let mut client = AccountsServiceClient::new(accounts.channel().await);
+    client.list_my_accounts(bearer(ListMyAccountsRequest::default(), token(&alice))).await.unwrap();
+
+    proxy.cut();
+    assert!(
+        accounts.wait_ready(false, std::time::Duration::from_secs(10)).await,
+        "readiness follows PostgreSQL"
+    );
+    let err =
+        client.list_my_accounts(bearer(ListMyAccountsRequest::default(), token(&alice))).await.unwrap_err();
+    assert_reason(&err, Code::Unavailable, ErrorCode::Unavailable);
+    let info = err.get_details_error_info().expect("error info");
+    assert_eq!(info.metadata.get("retry_after_seconds").map(String::as_str), Some("1"));
+    // A write too, and nothing half-done.
+    let err = client
+        .open_account(keyed(open_request(AccountProduct::Checking, "EUR"), token(&alice), &fresh_key()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    proxy.restore();
+    assert!(
+        accounts.wait_ready(true, std::time::Duration::from_secs(10)).await,
+        "recovers without a restart"
+    );
+    let list = client
+        .list_my_accounts(bearer(ListMyAccountsRequest::default(), token(&alice)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.accounts.is_empty(), "the refused open left nothing behind");
+}

@@ -255,6 +255,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unavailable_service_answers_503_with_retry_after() {
+        let status = tonic::Status::from(ServiceError::new(
+            ErrorCode::Unavailable,
+            "the database is unavailable; retry shortly",
+        ));
+        let problem = Problem::from_status("/x.Y/Z", &status);
+        assert_eq!((problem.status, problem.reason), (503, "UNAVAILABLE"));
+        assert_eq!(problem.retry_after, Some(1));
+        let response = problem.into_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
     fn statuses_without_our_reason_get_a_generic_detail() {
         let problem =
             Problem::from_status("/x.Y/Z", &tonic::Status::unavailable("tcp connect error: 10.0.0.7:50052"));
