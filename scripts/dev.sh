@@ -162,7 +162,7 @@ start gateway \
   BANK_REDIS__KEY_PREFIX="${redis_prefix}gateway:" \
   BANK_AUTH__REDIS_PREFIX="${redis_prefix}auth:" \
   BANK_EDGE__HSTS=false \
-  BANK_EDGE__CORS_ALLOWED_ORIGINS='["http://localhost:3000","http://127.0.0.1:3000"]' \
+  BANK_EDGE__CORS_ALLOWED_ORIGINS='["http://localhost:3000","http://127.0.0.1:3000","http://localhost:5173","http://127.0.0.1:5173"]' \
   BANK_UPSTREAMS__IDENTITY="http://127.0.0.1:${grpc_port[identity]}" \
   BANK_UPSTREAMS__ACCOUNTS="http://127.0.0.1:${grpc_port[accounts]}" \
   BANK_UPSTREAMS__LEDGER="http://127.0.0.1:${grpc_port[ledger]}" \

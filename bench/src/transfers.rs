@@ -64,14 +64,18 @@ async fn fixture(identity: &TestIdentity, ledger_url: &str, clients: usize, acco
     let owner_ids: Vec<uuid::Uuid> =
         users.iter().map(|u| uuid::Uuid::parse_str(&u.user_id).unwrap()).collect();
     let mut db = sqlx::PgConnection::connect(ledger_url).await.unwrap();
+    // Real account numbers (check digits): the ledger refuses a mistyped one before looking it up.
+    let numbers: Vec<String> = (0..u64::try_from(accounts).unwrap())
+        .map(|serial| bank_money::account_number::AccountNumber::from_serial(serial).as_str().to_owned())
+        .collect();
     sqlx::query(
         "INSERT INTO ledger_accounts (account_id, kind, account_number, owner_user_id, currency, overdraft_limit) \
-         SELECT gen_random_uuid(), 'customer', 'BENCH' || lpad(i::text, 7, '0'), ($1::uuid[])[1 + (i % $2)], 'EUR', \
-           1000000000000 FROM generate_series(0, $3 - 1) AS i",
+         SELECT gen_random_uuid(), 'customer', n.number, ($1::uuid[])[1 + ((n.i - 1) % $2)], 'EUR', \
+           1000000000000 FROM unnest($3::text[]) WITH ORDINALITY AS n(number, i)",
     )
     .bind(&owner_ids)
     .bind(i32::try_from(clients).unwrap())
-    .bind(i64::try_from(accounts).unwrap())
+    .bind(&numbers)
     .execute(&mut db)
     .await
     .unwrap();

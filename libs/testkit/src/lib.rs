@@ -60,6 +60,17 @@ pub fn redis_addr() -> std::net::SocketAddr {
     with_port.replace("localhost", "127.0.0.1").parse().expect("the test Redis must be reached over TCP")
 }
 
+/// A valid account number (bank code, serial, check digits) derived from `label`: the same label
+/// gives the same number, so a test can name its accounts (`account_number("alice")`).
+#[must_use]
+pub fn account_number(label: &str) -> String {
+    // FNV-1a: stable across runs and platforms (std's hasher is not).
+    let hash = label
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    bank_money::account_number::AccountNumber::from_serial(hash % 10_000_000_000).as_str().to_owned()
+}
+
 /// The test PostgreSQL as a TCP address (for a [`TcpProxy`] in front of it).
 #[must_use]
 pub fn postgres_addr() -> std::net::SocketAddr {

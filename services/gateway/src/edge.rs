@@ -23,8 +23,8 @@ use crate::{
 const ALLOWED_HEADERS: &str =
     "authorization, content-type, idempotency-key, x-request-id, traceparent, tracestate";
 /// Response headers a browser may read cross-origin.
-const EXPOSED_HEADERS: &str =
-    "x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, idempotent-replay";
+const EXPOSED_HEADERS: &str = "x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, \
+     idempotent-replay, content-disposition, www-authenticate, location";
 const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
 
 /// The edge's settings, resolved once.

@@ -59,9 +59,10 @@ async fn sigkill_mid_load_then_retries_apply_every_key_at_most_once() {
 
     let mut ledger = LedgerServiceClient::new(channel.clone());
     let from = uuid::Uuid::now_v7().to_string();
-    for (id, number, owner) in
-        [(from.clone(), "DE10A", &alice.user_id), (uuid::Uuid::now_v7().to_string(), "DE10B", &bob.user_id)]
-    {
+    for (id, number, owner) in [
+        (from.clone(), &bank_testkit::account_number("DE10A"), &alice.user_id),
+        (uuid::Uuid::now_v7().to_string(), &bank_testkit::account_number("DE10B"), &bob.user_id),
+    ] {
         ledger
             .create_ledger_account(bearer(
                 CreateLedgerAccountRequest {
@@ -94,7 +95,7 @@ async fn sigkill_mid_load_then_retries_apply_every_key_at_most_once() {
             format!("t-{client}-{n}"),
             CreateTransferRequest {
                 from_account_id: from.clone(),
-                destination: Some(Destination::ToAccountNumber("DE10B".into())),
+                destination: Some(Destination::ToAccountNumber(bank_testkit::account_number("DE10B"))),
                 amount: eur(i64::try_from(n + 1).unwrap()),
                 description: String::new(),
                 fx_quote_id: String::new(),

@@ -141,11 +141,11 @@ async fn a_transfer_by_number_moves_money_once_and_a_retry_replays_it() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE00ALICE", 100_000).await;
-    let b = w.account(&bob, "DE00BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE00ALICE"), 100_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE00BOB"), 0).await;
     let mut client = w.client().await;
 
-    let request = transfer(&a, Destination::ToAccountNumber("DE00BOB".into()), 25_000);
+    let request = transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE00BOB")), 25_000);
     let first =
         client.create_transfer(keyed(request.clone(), &alice.tokens.access_token, "k-1")).await.unwrap();
     assert!(first.metadata().get("idempotent-replay").is_none());
@@ -159,7 +159,7 @@ async fn a_transfer_by_number_moves_money_once_and_a_retry_replays_it() {
     // Same key, another amount: refused with a stable reason, nothing moves.
     let conflict = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE00BOB".into()), 1),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE00BOB")), 1),
             &alice.tokens.access_token,
             "k-1",
         ))
@@ -170,7 +170,7 @@ async fn a_transfer_by_number_moves_money_once_and_a_retry_replays_it() {
     // Bob's "k-1" is his own key: his own transfer, never Alice's response.
     let bobs = client
         .create_transfer(keyed(
-            transfer(&b, Destination::ToAccountNumber("DE00ALICE".into()), 5_000),
+            transfer(&b, Destination::ToAccountNumber(bank_testkit::account_number("DE00ALICE")), 5_000),
             &bob.tokens.access_token,
             "k-1",
         ))
@@ -192,6 +192,39 @@ async fn a_transfer_by_number_moves_money_once_and_a_retry_replays_it() {
         .entries;
     assert_eq!(history.len(), 2);
     assert_eq!(history[1].amount.as_ref().unwrap().minor_units, 25_000);
+
+    // A mistyped number (one digit off: the check digits catch it) is the client's mistake: 400 on
+    // the field, not "no such account"; the grouped form people type is accepted.
+    let number = bank_testkit::account_number("DE00BOB");
+    let mut typo: Vec<char> = number.chars().collect();
+    typo[9] = if typo[9] == '0' { '1' } else { '0' };
+    let typo: String = typo.into_iter().collect();
+    let err = client
+        .create_transfer(keyed(
+            transfer(&a, Destination::ToAccountNumber(typo), 1),
+            &alice.tokens.access_token,
+            "k-typo",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason_of(&err)),
+        (Code::InvalidArgument, Some(ErrorCode::ValidationFailed)),
+        "{err:?}"
+    );
+    let bad = tonic_types::StatusExt::get_details_bad_request(&err).expect("field violations");
+    assert_eq!(bad.field_violations[0].field, "to_account_number");
+    assert!(bad.field_violations[0].description.starts_with("INVALID_CHECK_DIGITS: "), "{bad:?}");
+    let grouped = format!("{} {} {} {}", &number[0..4], &number[4..8], &number[8..12], &number[12..16]);
+    client
+        .create_transfer(keyed(
+            transfer(&a, Destination::ToAccountNumber(grouped), 1),
+            &alice.tokens.access_token,
+            "k-grouped",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(w.available(&alice, &a).await, 79_999);
     w.assert_healthy().await;
 }
 
@@ -200,8 +233,8 @@ async fn nobody_reads_or_debits_someone_elses_account_and_bad_input_is_refused()
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE01ALICE", 10_000).await;
-    let b = w.account(&bob, "DE01BOB", 10_000).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE01ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE01BOB"), 10_000).await;
     let mut client = w.client().await;
     let token = &alice.tokens.access_token;
 
@@ -239,7 +272,7 @@ async fn nobody_reads_or_debits_someone_elses_account_and_bad_input_is_refused()
     for (amount, field) in [(0, "amount.minor_units"), (-5, "amount.minor_units")] {
         let err = client
             .create_transfer(keyed(
-                transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), amount),
+                transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE01BOB")), amount),
                 token,
                 "x3",
             ))
@@ -249,11 +282,11 @@ async fn nobody_reads_or_debits_someone_elses_account_and_bad_input_is_refused()
         let details = tonic_types::StatusExt::get_error_details(&err);
         assert_eq!(details.bad_request().unwrap().field_violations[0].field, field);
     }
-    let mut xxx = transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 100);
+    let mut xxx = transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE01BOB")), 100);
     xxx.amount = Some(Money { currency: "XXX".into(), minor_units: 100 });
     let err = client.create_transfer(keyed(xxx, token, "x4")).await.unwrap_err();
     assert_eq!(reason_of(&err), Some(ErrorCode::CurrencyNotSupported));
-    let mut usd = transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 100);
+    let mut usd = transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE01BOB")), 100);
     usd.amount = Some(Money { currency: "USD".into(), minor_units: 100 });
     let err = client.create_transfer(keyed(usd, token, "x5")).await.unwrap_err();
     assert_eq!(reason_of(&err), Some(ErrorCode::CurrencyMismatch));
@@ -263,13 +296,16 @@ async fn nobody_reads_or_debits_someone_elses_account_and_bad_input_is_refused()
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
-        .create_transfer(bearer(transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 100), token))
+        .create_transfer(bearer(
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE01BOB")), 100),
+            token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(reason_of(&err), Some(ErrorCode::IdempotencyKeyRequired));
     let err = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE01BOB".into()), 100_000),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE01BOB")), 100_000),
             token,
             "x7",
         ))
@@ -313,14 +349,14 @@ async fn ten_concurrent_debits_of_20_on_100_exactly_five_succeed() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE02ALICE", 100).await;
-    let b = w.account(&bob, "DE02BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE02ALICE"), 100).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE02BOB"), 0).await;
     let channel = w.ledger.channel().await;
     let mut calls = Vec::new();
     for i in 0..10 {
         let mut client = LedgerServiceClient::new(channel.clone());
         let request = keyed(
-            transfer(&a, Destination::ToAccountNumber("DE02BOB".into()), 20),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE02BOB")), 20),
             &alice.tokens.access_token,
             &format!("c-{i}"),
         );
@@ -344,21 +380,21 @@ async fn sixteen_clients_transferring_both_ways_at_once_all_complete() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE03ALICE", 1_000_000).await;
-    let b = w.account(&bob, "DE03BOB", 1_000_000).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE03ALICE"), 1_000_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE03BOB"), 1_000_000).await;
     let channel = w.ledger.channel().await;
     let mut calls = Vec::new();
     for i in 0..16 {
         let mut client = LedgerServiceClient::new(channel.clone());
         let (from, to, token) = if i % 2 == 0 {
-            (a.clone(), "DE03BOB", alice.tokens.access_token.clone())
+            (a.clone(), bank_testkit::account_number("DE03BOB"), alice.tokens.access_token.clone())
         } else {
-            (b.clone(), "DE03ALICE", bob.tokens.access_token.clone())
+            (b.clone(), bank_testkit::account_number("DE03ALICE"), bob.tokens.access_token.clone())
         };
         calls.push(tokio::spawn(async move {
             for n in 0..5 {
                 let request = keyed(
-                    transfer(&from, Destination::ToAccountNumber(to.into()), 100 + i),
+                    transfer(&from, Destination::ToAccountNumber(to.clone()), 100 + i),
                     &token,
                     &format!("m-{i}-{n}"),
                 );
@@ -380,10 +416,11 @@ async fn fifty_concurrent_requests_with_one_key_make_exactly_one_transfer() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE04ALICE", 10_000).await;
-    let b = w.account(&bob, "DE04BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE04ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE04BOB"), 0).await;
     let channel = w.ledger.channel().await;
-    let request = Arc::new(transfer(&a, Destination::ToAccountNumber("DE04BOB".into()), 700));
+    let request =
+        Arc::new(transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE04BOB")), 700));
     let mut calls = Vec::new();
     for _ in 0..50 {
         let mut client = LedgerServiceClient::new(channel.clone());
@@ -406,12 +443,12 @@ async fn the_journal_is_append_only_and_tampering_is_detected() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE05ALICE", 5_000).await;
-    w.account(&bob, "DE05BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE05ALICE"), 5_000).await;
+    w.account(&bob, &bank_testkit::account_number("DE05BOB"), 0).await;
     w.client()
         .await
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE05BOB".into()), 1_234),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE05BOB")), 1_234),
             &alice.tokens.access_token,
             "t",
         ))
@@ -454,8 +491,8 @@ async fn frozen_accounts_refuse_debits_and_closing_needs_a_zero_balance() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE06ALICE", 1_000).await;
-    let b = w.account(&bob, "DE06BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE06ALICE"), 1_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE06BOB"), 0).await;
     let mut client = w.client().await;
     let status = |account: &str, status: LedgerAccountStatus, credits_allowed: bool| {
         bearer(
@@ -484,7 +521,7 @@ async fn frozen_accounts_refuse_debits_and_closing_needs_a_zero_balance() {
     client.set_ledger_account_status(status(&a, LedgerAccountStatus::Frozen, true)).await.unwrap();
     let frozen = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE06BOB".into()), 10),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE06BOB")), 10),
             &alice.tokens.access_token,
             "f1",
         ))
@@ -509,7 +546,7 @@ async fn frozen_accounts_refuse_debits_and_closing_needs_a_zero_balance() {
     client.set_ledger_account_status(status(&b, LedgerAccountStatus::Closed, false)).await.unwrap();
     let closed = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE06BOB".into()), 10),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE06BOB")), 10),
             &alice.tokens.access_token,
             "f2",
         ))
@@ -528,11 +565,11 @@ async fn frozen_accounts_refuse_debits_and_closing_needs_a_zero_balance() {
         ))
         .await
         .unwrap();
-    let c = w.account(&bob, "DE06BOB2", 0).await;
+    let c = w.account(&bob, &bank_testkit::account_number("DE06BOB2"), 0).await;
     let _ = c;
     client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE06BOB2".into()), 1_400),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE06BOB2")), 1_400),
             &alice.tokens.access_token,
             "o1",
         ))
@@ -541,7 +578,7 @@ async fn frozen_accounts_refuse_debits_and_closing_needs_a_zero_balance() {
     assert_eq!(w.available(&alice, &a).await, -395);
     let over = client
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE06BOB2".into()), 200),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE06BOB2")), 200),
             &alice.tokens.access_token,
             "o2",
         ))
@@ -559,7 +596,7 @@ async fn holds_reserve_then_capture_void_refund_and_expire() {
     };
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
-    let a = w.account(&alice, "DE07ALICE", 10_000).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE07ALICE"), 10_000).await;
     let cards = w.identity.service_token(&["ledger:holds"]).await;
     let mut client = w.client().await;
     let hold = |reference: &str, minor: i64, expires_in: i64| {
@@ -692,7 +729,7 @@ async fn random_transfer_and_reversal_sequences_keep_the_model_and_the_invariant
     let bob = w.identity.user("bob@example.com").await;
     let mut accounts = Vec::new();
     for (i, owner) in [&alice, &alice, &bob, &bob].into_iter().enumerate() {
-        let number = format!("DE09P{i}");
+        let number = bank_testkit::account_number(&format!("DE09P{i}"));
         let id = w.account(owner, &number, 1_000).await;
         accounts.push((id, number, owner.tokens.access_token.clone(), owner.clone()));
     }
@@ -831,11 +868,12 @@ async fn an_admin_reverses_a_transaction_once_with_a_reason_and_the_invariants_h
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE10ALICE", 10_000).await;
-    let b = w.account(&bob, "DE10BOB", 0).await;
-    let (transfer_id, transaction_id) = w.send(&alice, &a, "DE10BOB", 2_500).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE10ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE10BOB"), 0).await;
+    let (transfer_id, transaction_id) =
+        w.send(&alice, &a, &bank_testkit::account_number("DE10BOB"), 2_500).await;
     // Bob spends part of it first: the correction may take him below zero.
-    w.send(&bob, &b, "DE10ALICE", 2_000).await;
+    w.send(&bob, &b, &bank_testkit::account_number("DE10ALICE"), 2_000).await;
     let mut admin = w.admin_client().await;
 
     // Refusals: not an admin, no key, no reason, unknown transaction.
@@ -973,14 +1011,14 @@ async fn transfers_are_read_and_listed_only_by_their_parties_newest_first() {
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
     let carol = w.identity.user("carol@example.com").await;
-    let a = w.account(&alice, "DE11ALICE", 10_000).await;
-    let b = w.account(&bob, "DE11BOB", 0).await;
-    w.account(&carol, "DE11CAROL", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE11ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE11BOB"), 0).await;
+    w.account(&carol, &bank_testkit::account_number("DE11CAROL"), 0).await;
     let mut sent = Vec::new();
     for minor in [100, 200, 300] {
-        sent.push(w.send(&alice, &a, "DE11BOB", minor).await.0);
+        sent.push(w.send(&alice, &a, &bank_testkit::account_number("DE11BOB"), minor).await.0);
     }
-    let (to_carol, _) = w.send(&bob, &b, "DE11CAROL", 50).await;
+    let (to_carol, _) = w.send(&bob, &b, &bank_testkit::account_number("DE11CAROL"), 50).await;
     let mut client = w.client().await;
 
     // Alice pages through her three, newest first.
@@ -1009,7 +1047,7 @@ async fn transfers_are_read_and_listed_only_by_their_parties_newest_first() {
     assert!(second.page_info.unwrap().next_page_token.is_empty());
     // Alice is not the recipient: she sees the number, not the account id.
     assert!(second.transfers[0].to_account_id.is_empty());
-    assert_eq!(second.transfers[0].to_account_number, "DE11BOB");
+    assert_eq!(second.transfers[0].to_account_number, bank_testkit::account_number("DE11BOB"));
 
     // Bob sees what he received and what he sent; filtered by his own account; not by Alice's.
     let bobs = client
@@ -1064,10 +1102,10 @@ async fn history_filters_by_time_direction_and_amount_and_sorts_from_the_allowli
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE12ALICE", 10_000).await;
-    w.account(&bob, "DE12BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE12ALICE"), 10_000).await;
+    w.account(&bob, &bank_testkit::account_number("DE12BOB"), 0).await;
     for minor in [100, 500, 300, 2_000] {
-        w.send(&alice, &a, "DE12BOB", minor).await;
+        w.send(&alice, &a, &bank_testkit::account_number("DE12BOB"), minor).await;
     }
     let mut client = w.client().await;
     let token = alice.tokens.access_token.clone();
@@ -1243,9 +1281,9 @@ async fn historical_balances_and_period_summaries_come_from_the_journal() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE13ALICE", 10_000).await;
-    let b = w.account(&bob, "DE13BOB", 0).await;
-    w.send(&alice, &a, "DE13BOB", 2_500).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE13ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE13BOB"), 0).await;
+    w.send(&alice, &a, &bank_testkit::account_number("DE13BOB"), 2_500).await;
     let mut client = w.client().await;
     let token = alice.tokens.access_token.clone();
     let entries = client
@@ -1335,8 +1373,8 @@ async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posti
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE14ALICE", 10_000).await;
-    let b = w.account(&bob, "DE14BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE14ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE14BOB"), 0).await;
     let mut client = w.client().await;
     let set = |account: &str, threshold: Option<Money>, token: &str| {
         bearer(SetLowBalanceThresholdRequest { account_id: account.into(), threshold }, token)
@@ -1361,10 +1399,10 @@ async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posti
     assert_eq!(account.low_balance_threshold, eur(5_000));
 
     const EVENT: &str = "bank.events.v1.LowBalanceDetected";
-    w.send(&alice, &a, "DE14BOB", 4_000).await; // 6 000: above
+    w.send(&alice, &a, &bank_testkit::account_number("DE14BOB"), 4_000).await; // 6 000: above
     assert!(w.events(EVENT).await.is_empty());
-    w.send(&alice, &a, "DE14BOB", 2_000).await; // 4 000: crossed
-    w.send(&alice, &a, "DE14BOB", 1_000).await; // 3 000: still below, no second event
+    w.send(&alice, &a, &bank_testkit::account_number("DE14BOB"), 2_000).await; // 4 000: crossed
+    w.send(&alice, &a, &bank_testkit::account_number("DE14BOB"), 1_000).await; // 3 000: still below, no second event
     assert_eq!(w.events(EVENT).await.len(), 1);
     w.admin_client()
         .await
@@ -1399,7 +1437,7 @@ async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posti
     assert_eq!(event.owner_user_id, alice.user_id);
     assert_eq!(event.available, eur(4_000));
     assert_eq!(event.threshold, eur(5_000));
-    assert_eq!(event.account_number_last_four, "LICE");
+    assert_eq!(event.account_number_last_four, bank_testkit::account_number("DE14ALICE")[12..]);
     // Each alert names the event of the posting that caused it (written in the same transaction).
     let mut causes = Vec::new();
     for payload in &events {
@@ -1417,7 +1455,7 @@ async fn crossing_below_the_threshold_writes_one_event_per_crossing_in_the_posti
     // A service mirroring the owner's alert may set it too; clearing it stops the events.
     client.set_low_balance_threshold(set(&b, eur(10), &w.service)).await.unwrap();
     client.set_low_balance_threshold(set(&a, None, &alice.tokens.access_token)).await.unwrap();
-    w.send(&alice, &a, "DE14BOB", 3_500).await;
+    w.send(&alice, &a, &bank_testkit::account_number("DE14BOB"), 3_500).await;
     assert_eq!(w.events(EVENT).await.len(), 2);
     w.assert_healthy().await;
 }
@@ -1427,14 +1465,14 @@ async fn metrics_count_transfers_postings_retries_and_invariant_checks() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE15ALICE", 1_000).await;
-    w.account(&bob, "DE15BOB", 0).await;
-    w.send(&alice, &a, "DE15BOB", 100).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE15ALICE"), 1_000).await;
+    w.account(&bob, &bank_testkit::account_number("DE15BOB"), 0).await;
+    w.send(&alice, &a, &bank_testkit::account_number("DE15BOB"), 100).await;
     let err = w
         .client()
         .await
         .create_transfer(keyed(
-            transfer(&a, Destination::ToAccountNumber("DE15BOB".into()), 100_000),
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE15BOB")), 100_000),
             &alice.tokens.access_token,
             "too-much",
         ))
@@ -1460,7 +1498,7 @@ async fn metrics_count_transfers_postings_retries_and_invariant_checks() {
 async fn staff_read_any_ledger_account_and_the_system_accounts_in_pages() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;
-    let a = w.account(&alice, "DE16ALICE", 1_000).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE16ALICE"), 1_000).await;
     let mut admin = w.admin_client().await;
     let account = admin
         .get_ledger_account(bearer(GetLedgerAccountRequest { account_id: a.clone() }, &w.admin))
@@ -1539,11 +1577,11 @@ async fn a_large_transfer_needs_a_recent_second_factor_and_goes_through_after_st
     let w = world().await;
     let alice = w.identity.user("alice-large@example.com").await;
     let bob = w.identity.user("bob-large@example.com").await;
-    let from = w.account(&alice, "DE00LARGE1", 500_000).await;
-    w.account(&bob, "DE00LARGE2", 0).await;
+    let from = w.account(&alice, &bank_testkit::account_number("DE00LARGE1"), 500_000).await;
+    w.account(&bob, &bank_testkit::account_number("DE00LARGE2"), 0).await;
     let transfer = |minor: i64| CreateTransferRequest {
         from_account_id: from.clone(),
-        destination: Some(Destination::ToAccountNumber("DE00LARGE2".into())),
+        destination: Some(Destination::ToAccountNumber(bank_testkit::account_number("DE00LARGE2"))),
         amount: eur(minor),
         ..CreateTransferRequest::default()
     };
@@ -1650,9 +1688,9 @@ async fn a_batch_applies_postings_in_arrival_order_and_answers_each_its_own_resu
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
     let carol = w.identity.user("carol@example.com").await;
-    let a = w.account(&alice, "DE21ALICE", 100).await;
-    let b = w.account(&bob, "DE21BOB", 0).await;
-    let c = w.account(&carol, "DE21CAROL", 500).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE21ALICE"), 100).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE21BOB"), 0).await;
+    let c = w.account(&carol, &bank_testkit::account_number("DE21CAROL"), 500).await;
     let channel = w.ledger.channel().await;
     let send = |token: String, request: CreateTransferRequest, key: &str| {
         let mut client = LedgerServiceClient::new(channel.clone());
@@ -1663,11 +1701,12 @@ async fn a_batch_applies_postings_in_arrival_order_and_answers_each_its_own_resu
     let blocker = Blocker::lock(&w, &c).await;
     let first = send(
         carol.tokens.access_token.clone(),
-        transfer(&c, Destination::ToAccountNumber("DE21BOB".into()), 5),
+        transfer(&c, Destination::ToAccountNumber(bank_testkit::account_number("DE21BOB")), 5),
         "c-1",
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let to_bob = |minor| transfer(&a, Destination::ToAccountNumber("DE21BOB".into()), minor);
+    let to_bob =
+        |minor| transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE21BOB")), minor);
     let alice_token = alice.tokens.access_token.clone();
     let mut calls = Vec::new();
     for (minor, key) in [(60, "a-1"), (60, "a-2"), (60, "a-1"), (40, "a-3"), (41, "a-1"), (1, "a-4")] {
@@ -1706,10 +1745,10 @@ async fn a_posting_the_database_refuses_is_isolated_and_its_batch_commits() {
     let w = world_with(Options::default().set("engine.workers", 1)).await;
     let alice = w.identity.user("alice@example.com").await;
     let bob = w.identity.user("bob@example.com").await;
-    let a = w.account(&alice, "DE22ALICE", 10_000).await;
-    w.account(&bob, "DE22BOB", 0).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE22ALICE"), 10_000).await;
+    w.account(&bob, &bank_testkit::account_number("DE22BOB"), 0).await;
     let carol = w.identity.user("carol@example.com").await;
-    let c = w.account(&carol, "DE22CAROL", 100).await;
+    let c = w.account(&carol, &bank_testkit::account_number("DE22CAROL"), 100).await;
     // A rule only the database knows (as a bug or a corrupt row would be): it refuses the whole
     // statement of any batch that carries the poison.
     sqlx::query("ALTER TABLE transfers ADD CONSTRAINT no_poison CHECK (description <> 'poison')")
@@ -1723,7 +1762,7 @@ async fn a_posting_the_database_refuses_is_isolated_and_its_batch_commits() {
     let first = tokio::spawn(async move {
         carol_client
             .create_transfer(keyed(
-                transfer(&c, Destination::ToAccountNumber("DE22BOB".into()), 1),
+                transfer(&c, Destination::ToAccountNumber(bank_testkit::account_number("DE22BOB")), 1),
                 &carol_token,
                 "c",
             ))
@@ -1733,7 +1772,8 @@ async fn a_posting_the_database_refuses_is_isolated_and_its_batch_commits() {
     let mut calls = Vec::new();
     for i in 0..21 {
         let mut client = LedgerServiceClient::new(channel.clone());
-        let mut request = transfer(&a, Destination::ToAccountNumber("DE22BOB".into()), 100);
+        let mut request =
+            transfer(&a, Destination::ToAccountNumber(bank_testkit::account_number("DE22BOB")), 100);
         if i == 10 {
             request.description = "poison".into();
         }
@@ -1762,9 +1802,9 @@ async fn a_posting_the_database_refuses_is_isolated_and_its_batch_commits() {
 async fn holds_in_one_batch_keep_one_hold_per_reference_and_one_outcome_per_hold() {
     let w = world_with(Options::default().set("engine.workers", 1)).await;
     let alice = w.identity.user("alice@example.com").await;
-    let a = w.account(&alice, "DE23ALICE", 1_000).await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE23ALICE"), 1_000).await;
     let carol = w.identity.user("carol@example.com").await;
-    let c = w.account(&carol, "DE23CAROL", 100).await;
+    let c = w.account(&carol, &bank_testkit::account_number("DE23CAROL"), 100).await;
     let cards = w.identity.service_token(&["ledger:holds"]).await;
     let channel = w.ledger.channel().await;
     let hold = |reference: &str, minor| CreateHoldRequest {
@@ -1790,7 +1830,7 @@ async fn holds_in_one_batch_keep_one_hold_per_reference_and_one_outcome_per_hold
     let first = tokio::spawn(async move {
         carol_client
             .create_transfer(keyed(
-                transfer(&c, Destination::ToAccountNumber("DE23ALICE".into()), 1),
+                transfer(&c, Destination::ToAccountNumber(bank_testkit::account_number("DE23ALICE")), 1),
                 &carol_token,
                 "c",
             ))

@@ -119,7 +119,9 @@ async fn every_committed_transfer_is_notified_exactly_once_through_kills_and_a_r
     let service = setup.identity.service_token(&["ledger:accounts"]).await;
     let admin = setup.identity.admin().await.access_token;
     let (from, to) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
-    for (id, number) in [(&from, "DE44A"), (&to, "DE44B")] {
+    for (id, number) in
+        [(&from, &bank_testkit::account_number("DE44A")), (&to, &bank_testkit::account_number("DE44B"))]
+    {
         LedgerServiceClient::new(channel.read().await.clone())
             .create_ledger_account(bearer(
                 CreateLedgerAccountRequest {
@@ -150,7 +152,7 @@ async fn every_committed_transfer_is_notified_exactly_once_through_kills_and_a_r
             format!("t-{n}"),
             CreateTransferRequest {
                 from_account_id: from.clone(),
-                destination: Some(Destination::ToAccountNumber("DE44B".into())),
+                destination: Some(Destination::ToAccountNumber(bank_testkit::account_number("DE44B"))),
                 amount: eur(i64::try_from(n + 1).unwrap()),
                 description: format!("transfer {n}"),
                 fx_quote_id: String::new(),

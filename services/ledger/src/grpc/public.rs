@@ -266,7 +266,10 @@ impl LedgerService for Api {
                 Destination::Id(fields::uuid("to_account_id", &id)?)
             }
             Some(create_transfer_request::Destination::ToAccountNumber(number)) if !number.is_empty() => {
-                Destination::Number(number)
+                // A mistyped number is the client's mistake (400), not "no such account" (404).
+                let parsed = bank_money::account_number::AccountNumber::parse(&number)
+                    .map_err(|err| invalid("to_account_number", err.code(), &err.to_string()))?;
+                Destination::Number(parsed.as_str().to_owned())
             }
             _ => {
                 return Err(invalid(
