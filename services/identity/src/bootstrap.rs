@@ -48,6 +48,12 @@ async fn admin(state: &State, text: &str) -> Result<(), BoxError> {
     }
     let hash = state.hasher.hash(&password).await?;
     let mut tx = state.pool.begin().await?;
+    // Replicas starting together on an empty database: one creates the admin, the others see it.
+    users::lock_bootstrap(&mut tx).await?;
+    if users::any_with_role(&mut tx, "admin").await? {
+        tracing::info!("bootstrap: another replica created the admin meanwhile; nothing to do");
+        return Ok(());
+    }
     let user_id = Uuid::now_v7();
     let created = users::insert(
         &mut tx,

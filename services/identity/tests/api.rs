@@ -464,3 +464,34 @@ async fn events_reach_the_identity_stream_through_the_outbox_relay() {
         "in outbox order, each once"
     );
 }
+
+/// Item: replicas starting together on an empty database all start, and exactly one admin exists.
+#[tokio::test]
+async fn replicas_starting_together_bootstrap_one_admin() {
+    let database = bank_testkit::TestDatabase::create().await;
+    let options = || bank_testkit::Options::default().database(false).set("database.url", database.url());
+    let (first, second, third) = tokio::join!(
+        TestIdentity::spawn_with(options()),
+        TestIdentity::spawn_with(options()),
+        TestIdentity::spawn_with(options())
+    );
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(database.url()).await.unwrap();
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE 'admin' = ANY (roles)")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+    // Every replica serves the one admin.
+    for identity in [&first, &second, &third] {
+        identity
+            .client()
+            .await
+            .login(bank_proto::identity::v1::LoginRequest {
+                email: bank_testkit::identity::ADMIN_EMAIL.into(),
+                password: bank_testkit::identity::ADMIN_PASSWORD.into(),
+                device_name: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}

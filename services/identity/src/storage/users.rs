@@ -369,6 +369,14 @@ pub async fn any_with_role(conn: &mut PgConnection, role: &str) -> Result<bool, 
         .await
 }
 
+/// Serializes the bootstrap of the first admin across replicas starting together: held until the
+/// transaction ends.
+pub async fn lock_bootstrap(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // Any constant of this service's own database: "bootstrap.admin" as a number.
+    sqlx::query("SELECT pg_advisory_xact_lock(7100203001)").execute(conn).await?;
+    Ok(())
+}
+
 /// A page of users for the admin search, oldest first: `query` matches the address or the names
 /// (a parameter, never SQL text); answers the page and the total.
 pub async fn search(
