@@ -182,7 +182,15 @@ impl AppBuilder {
         let local_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (reporter, _) = tonic_health::server::health_reporter();
+        // Started when draining starts; ends open health-watch streams, which would otherwise hold
+        // the shutdown for the whole grace period.
+        let drain_started = CancellationToken::new();
+        let health_service =
+            tonic_health::pb::health_server::HealthServer::new(crate::health::DrainingHealth::new(
+                tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+                drain_started.clone(),
+            ));
         let mut this = self;
         let names = match &mut this.main {
             Main::Grpc(services) => {
@@ -192,7 +200,7 @@ impl AppBuilder {
             Main::Http(_) => Vec::new(),
         };
         let readiness = Readiness::new(reporter, names).await;
-        Ok(App { builder: this, listener, admin_listener, local_addr, admin_addr, readiness })
+        Ok(App { builder: this, listener, admin_listener, local_addr, admin_addr, readiness, drain_started })
     }
 }
 
@@ -204,6 +212,7 @@ pub struct App {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     readiness: Readiness,
+    drain_started: CancellationToken,
 }
 
 impl std::fmt::Debug for App {
@@ -241,7 +250,7 @@ impl App {
     /// # Errors
     /// The server failed while running.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BoxError> {
-        let App { builder, listener, admin_listener, readiness, .. } = self;
+        let App { builder, listener, admin_listener, readiness, drain_started, .. } = self;
         let AppBuilder { name, server, main, pool, redis, authenticator, tasks, checks: extra_checks } =
             builder;
         let tasks_stop = CancellationToken::new();
@@ -275,7 +284,6 @@ impl App {
         };
 
         // The drain signal: readiness off first, then (after the delay) stop accepting.
-        let drain_started = CancellationToken::new();
         let drain_signal = {
             let shutdown = shutdown.clone();
             let readiness = readiness.clone();

@@ -205,3 +205,47 @@ impl Readiness {
         }
     }
 }
+
+/// The grpc.health.v1 service, whose `Watch` streams end when draining starts (after the last
+/// status, NOT_SERVING, went out): an open watch would otherwise hold the shutdown for the whole
+/// `server.shutdown_grace`.
+pub(crate) struct DrainingHealth {
+    inner: tonic_health::server::HealthService,
+    drain: CancellationToken,
+}
+
+impl DrainingHealth {
+    pub(crate) fn new(inner: tonic_health::server::HealthService, drain: CancellationToken) -> Self {
+        Self { inner, drain }
+    }
+}
+
+type WatchStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>
+            + Send
+            + 'static,
+    >,
+>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for DrainingHealth {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        use futures::StreamExt as _;
+        let stream = self.inner.watch(request).await?.into_inner();
+        let drain = self.drain.clone().cancelled_owned();
+        Ok(tonic::Response::new(Box::pin(stream.take_until(drain))))
+    }
+}

@@ -118,6 +118,35 @@ async fn readiness_is_off_while_the_shutdown_delay_runs() {
     app.shutdown().await.unwrap();
 }
 
+/// Item: an open health-watch stream (a load balancer or a client following the status) does not
+/// hold the shutdown for the whole grace period: it sees NOT_SERVING, then ends when draining starts.
+#[tokio::test]
+async fn an_open_health_watch_ends_when_draining_starts() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let app = bank_testkit::spawn_with::<Probe>(Options::default().set("server.shutdown_grace", "60s")).await;
+    let mut watch = HealthClient::new(app.channel().await)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+
+    // A hang guard far below the 60 s grace, not a speed assertion.
+    let done = tokio::time::timeout(Duration::from_secs(20), async move {
+        let shutdown = tokio::spawn(app.shutdown());
+        let mut seen = Vec::new();
+        while let Ok(Some(message)) = watch.message().await {
+            seen.push(message.status());
+        }
+        (shutdown.await.unwrap(), seen)
+    })
+    .await
+    .expect("the shutdown did not wait for the watch stream");
+    done.0.expect("run ends cleanly");
+    assert_eq!(done.1, vec![ServingStatus::NotServing], "the watcher saw the drain");
+}
+
 #[tokio::test]
 async fn calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted() {
     let app =
