@@ -3,9 +3,11 @@
 //! [`Currency`] parses a code against the table the bank supports (with its exponent), [`Amount`]
 //! is a strictly positive number of minor units, and balance arithmetic is checked: an overflow is
 //! an error, never a wrap. [`account_number`] parses and makes the bank's account numbers (check
-//! digits), for every service that accepts one. Pure: no I/O, no protobuf, no database.
+//! digits), for every service that accepts one; [`card_number`] finds and masks card numbers
+//! typed into free text (and holds the Luhn check). Pure: no I/O, no protobuf, no database.
 
 pub mod account_number;
+pub mod card_number;
 
 use std::fmt;
 

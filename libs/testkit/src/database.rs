@@ -47,6 +47,19 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Every row of the database as `pg_dump --data-only` writes it (bytea columns, such as
+    /// event payloads, appear as hex: check them with [`crate::assert_nowhere`]).
+    #[must_use]
+    pub fn dump(&self) -> String {
+        let out = std::process::Command::new("pg_dump")
+            .arg("--data-only")
+            .arg(&self.url)
+            .output()
+            .expect("pg_dump runs");
+        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for TestDatabase {

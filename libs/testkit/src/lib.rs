@@ -95,3 +95,31 @@ where
     });
     let _ = handle.join();
 }
+
+/// The field violations of an `INVALID_ARGUMENT` status as (field, code) pairs: the code is the
+/// stable prefix of each violation's description (`CODE: text`).
+#[must_use]
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| {
+                    let code = v.description.split(':').next().unwrap_or_default().to_owned();
+                    (v.field, code)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that `secret` appears in `text` neither as written nor hex-encoded (as `pg_dump`
+/// writes bytea, e.g. a protobuf event payload).
+#[track_caller]
+pub fn assert_nowhere(text: &str, secret: &str, what: &str) {
+    assert!(!text.contains(secret), "{secret:?} is in the {what}");
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!text.contains(&hex), "{secret:?} is in the {what}, hex-encoded");
+}

@@ -452,6 +452,20 @@ async fn my_accounts_show_balances_from_the_ledger() {
         UpdateAccountNicknameRequest { account_id: checking.account_id.clone(), nickname: String::new() };
     let cleared = client.update_account_nickname(bearer(cleared, token(&alice))).await.unwrap().into_inner();
     assert_eq!(cleared.account.unwrap().nickname, "");
+    // A card number typed into the nickname is stored masked to its last four (PCI DSS 3.5.1).
+    let carded = UpdateAccountNicknameRequest {
+        account_id: checking.account_id.clone(),
+        nickname: "Visa 4111-1111-1111-1111".into(),
+    };
+    let carded = client.update_account_nickname(bearer(carded, token(&alice))).await.unwrap().into_inner();
+    assert_eq!(carded.account.unwrap().nickname, "Visa ****-****-****-1111");
+    let mut opened = open_request(AccountProduct::Savings, "EUR");
+    opened.nickname = "4000056655665556".into();
+    let opened = client.open_account(keyed(opened, token(&alice), &fresh_key())).await.unwrap().into_inner();
+    assert_eq!(opened.account.unwrap().nickname, "************5556");
+    let dump = w.accounts.database().unwrap().dump();
+    bank_testkit::assert_nowhere(&dump, "4111-1111-1111-1111", "accounts database");
+    bank_testkit::assert_nowhere(&dump, "4000056655665556", "accounts database");
     let too_long =
         UpdateAccountNicknameRequest { account_id: checking.account_id.clone(), nickname: "n".repeat(51) };
     let refused = client.update_account_nickname(bearer(too_long, token(&alice))).await.unwrap_err();

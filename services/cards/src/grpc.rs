@@ -9,6 +9,7 @@
 //! (`GetCreditLine`, `ListCardStatements`, `GetCardStatement`): only debit cards exist.
 
 use bank_auth::{Subject, principal};
+use bank_money::card_number;
 use bank_platform::{
     ErrorCode, FieldViolation, ServiceError,
     grpc::fields::{self, answer, internal, invalid, refused},
@@ -118,7 +119,7 @@ fn reader<T>(request: &Request<T>) -> Result<Option<Uuid>, Status> {
     }
 }
 
-/// A reason of an administrative action.
+/// A reason of an administrative action (card numbers masked to their last four).
 fn reason_field(value: &str) -> Result<String, Status> {
     let value = value.trim();
     if value.is_empty() {
@@ -127,7 +128,7 @@ fn reason_field(value: &str) -> Result<String, Status> {
     if value.chars().count() > 500 || value.chars().any(char::is_control) {
         return Err(invalid("reason", "INVALID", "at most 500 characters, no control characters"));
     }
-    Ok(value.to_owned())
+    Ok(card_number::mask_card_numbers(value).into_owned())
 }
 
 fn refusal(refusal: Refusal) -> ServiceError {
@@ -379,10 +380,11 @@ impl CardsService for Api {
         let req = request.into_inner();
         let request_hash = idempotency::request_hash(&req.encode_to_vec());
         let account_id = fields::uuid("account_id", &req.account_id)?;
-        let name = req.cardholder_name.trim().to_owned();
+        let name = req.cardholder_name.trim();
         if name.chars().count() > 26 || name.chars().any(char::is_control) {
             return Err(invalid("cardholder_name", "INVALID", "at most 26 characters"));
         }
+        let name = card_number::mask_card_numbers(name).into_owned();
         let account = self.core.upstreams.account(&bearer, account_id).await.map_err(upstream_error)?;
         let (daily, per_transaction) = limits(
             req.limits.as_ref(),
@@ -749,7 +751,9 @@ impl CardsService for Api {
         let card_id = fields::uuid("card_id", &req.card_id)?;
         let mut violations = Vec::new();
         let merchant = req.merchant.unwrap_or_default();
-        let name = merchant.name.trim().to_owned();
+        // Free text from the acquirer: a card number in it is masked to its last four; in an
+        // identifier masking would change what it names, so the charge is refused instead.
+        let name = card_number::masked(merchant.name.trim().to_owned());
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             violations.push(FieldViolation::new("merchant.name", "INVALID", "1 to 100 characters"));
         }
@@ -768,6 +772,17 @@ impl CardsService for Api {
         ] {
             if value.chars().count() > max || value.chars().any(char::is_control) {
                 violations.push(FieldViolation::new(field, "INVALID", format!("at most {max} characters")));
+            }
+        }
+        for (field, value) in
+            [("merchant.merchant_id", &merchant.merchant_id), ("acquirer_reference", &req.acquirer_reference)]
+        {
+            if card_number::contains_card_number(value) {
+                violations.push(FieldViolation::new(
+                    field,
+                    card_number::VIOLATION_CODE,
+                    "must not contain a card number",
+                ));
             }
         }
         let amount = money_field("amount", req.amount.as_ref()).map_err(|s| {
@@ -791,7 +806,7 @@ impl CardsService for Api {
                 name,
                 category_code: merchant.category_code,
                 merchant_id: merchant.merchant_id,
-                city: merchant.city,
+                city: card_number::masked(merchant.city),
                 country: merchant.country,
             },
             acquirer_reference: req.acquirer_reference,

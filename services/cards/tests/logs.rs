@@ -7,8 +7,9 @@
 
 mod support;
 
+use bank_platform::ErrorCode;
 use bank_proto::cards::v1::{
-    CaptureChargeRequest, FreezeCardRequest, GetCardRequest, IssueCardRequest, RefundChargeRequest,
+    CaptureChargeRequest, FreezeCardRequest, GetCardRequest, IssueCardRequest, Merchant, RefundChargeRequest,
     ReplaceCardRequest, RevealCardPanRequest, VoidChargeRequest,
 };
 use bank_testkit::bearer;
@@ -106,6 +107,53 @@ async fn no_pan_reaches_logs_errors_events_or_the_database_dump() {
         .into_inner();
     pans.push(replaced.pan.clone());
 
+    // Card numbers typed into free text: masked to the last four in the cardholder name and the
+    // merchant's name and city; refused in the merchant id and the acquirer reference.
+    let named = client
+        .issue_card(keyed(
+            IssueCardRequest {
+                account_id: account.clone(),
+                cardholder_name: "A 4000 0566 5566 5556".into(),
+                limits: None,
+            },
+            token(&alice),
+            &fresh_key(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    pans.push(named.pan.clone());
+    let named_card = named.card.unwrap();
+    assert_eq!(named_card.cardholder_name, "A **** **** **** 5556");
+    let mut typed = charge_request(&named_card.card_id, 300);
+    typed.merchant = Some(Merchant {
+        name: "Shop 5555-5555-5555-4444".into(),
+        category_code: "5411".into(),
+        city: "4242424242424242".into(),
+        ..Merchant::default()
+    });
+    let masked = client.authorize_charge(keyed(typed, &acquirer, &fresh_key())).await.unwrap().into_inner();
+    let merchant = masked.authorization.unwrap().merchant.unwrap();
+    assert_eq!(
+        (merchant.name.as_str(), merchant.city.as_str()),
+        ("Shop ****-****-****-4444", "************4242")
+    );
+    for (field, shape) in
+        [("merchant.merchant_id", "4111 1111 1111 1111"), ("acquirer_reference", "4111111111111111")]
+    {
+        let mut refused = charge_request(&named_card.card_id, 300);
+        if field == "acquirer_reference" {
+            refused.acquirer_reference = shape.into();
+        } else {
+            refused.merchant.as_mut().unwrap().merchant_id = shape.into();
+        }
+        let status = client.authorize_charge(keyed(refused, &acquirer, &fresh_key())).await.unwrap_err();
+        assert_reason(&status, tonic::Code::InvalidArgument, ErrorCode::ValidationFailed);
+        let details = bank_testkit::violations(&status);
+        assert!(details.iter().any(|(f, c)| f == field && c == "CONTAINS_CARD_NUMBER"), "{details:?}");
+        errors.push(format!("{status:?}"));
+    }
+
     // Errors of every kind: someone else's card, bad input, bad keys, a closed card, PAN-like input.
     let attempts: Vec<tonic::Status> = vec![
         client.get_card(bearer(GetCardRequest { card_id: card_id.clone() }, token(&bob))).await.unwrap_err(),
@@ -149,11 +197,7 @@ async fn no_pan_reaches_logs_errors_events_or_the_database_dump() {
     assert!(payloads.len() >= 10, "events were written: {}", payloads.len());
     let events: String = payloads.iter().map(|p| printable(p)).collect::<Vec<_>>().join("\n");
 
-    let url = w.cards.database().unwrap().url().to_owned();
-    let dump =
-        std::process::Command::new("pg_dump").arg("--data-only").arg(&url).output().expect("pg_dump runs");
-    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
-    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let dump = w.cards.database().unwrap().dump();
     assert!(
         dump.contains("COPY public.cards") && dump.contains("COPY public.vault_pans"),
         "the dump has the card tables"

@@ -43,6 +43,25 @@ async fn answers_health_and_metrics_and_problem_json_for_unknown_routes() {
 }
 
 #[tokio::test]
+async fn a_card_number_in_a_path_is_masked_in_the_access_log() {
+    let capture = bank_testkit::logs::Capture::install("gateway");
+    let app = bank_testkit::spawn_with::<Gateway>(gateway::options(None)).await;
+    // A route (answered 401: no token) and no route (404).
+    for (path, status) in
+        [("/api/v1/cards/4111111111111111", 401), ("/api/v1/x/4000%200566%205566%205556", 404)]
+    {
+        assert_eq!(http_get(app.addr, path).await.0, status);
+    }
+    app.shutdown().await.expect("clean shutdown");
+    let logs = capture.text();
+    assert!(logs.contains("/api/v1/cards/************1111"), "the masked path is logged");
+    assert!(logs.contains("/api/v1/x/**** **** **** 5556"), "the masked path is logged");
+    for pan in ["4111111111111111", "4000 0566 5566 5556", "4000%200566%205566%205556"] {
+        bank_testkit::assert_nowhere(&logs, pan, "gateway log");
+    }
+}
+
+#[tokio::test]
 async fn with_redis_down_the_gateway_stays_ready_and_reports_redis_degraded() {
     let redis_addr: std::net::SocketAddr = bank_testkit::redis_url()
         .trim_start_matches("redis://")

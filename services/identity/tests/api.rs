@@ -117,6 +117,21 @@ async fn sign_up_verify_log_in_and_see_the_profile_and_the_one_session() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A name holding a card number is refused (masking it would not leave a name).
+    let err = client
+        .update_my_profile(bearer(
+            UpdateMyProfileRequest {
+                family_name: Some("Liddell 4111-1111-1111-1111".into()),
+                ..UpdateMyProfileRequest::default()
+            },
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bank_testkit::violations(&err),
+        [("family_name".to_owned(), "CONTAINS_CARD_NUMBER".to_owned())]
+    );
 }
 
 #[tokio::test]

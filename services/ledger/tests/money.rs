@@ -137,6 +137,45 @@ fn transfer(from: &str, to: Destination, minor: i64) -> CreateTransferRequest {
 }
 
 #[tokio::test]
+async fn a_card_number_in_a_description_is_masked_before_it_is_stored_or_sent() {
+    let w = world().await;
+    let alice = w.identity.user("alice@example.com").await;
+    let bob = w.identity.user("bob@example.com").await;
+    let a = w.account(&alice, &bank_testkit::account_number("DE00ALICE"), 10_000).await;
+    let b = w.account(&bob, &bank_testkit::account_number("DE00BOB"), 0).await;
+    let to = Destination::ToAccountNumber(bank_testkit::account_number("DE00BOB"));
+    let mut request = transfer(&a, to, 1_000);
+    request.description = "card 4111 1111 1111 1111, ref 12345".into();
+    let sent = w
+        .client()
+        .await
+        .create_transfer(keyed(request, &alice.tokens.access_token, "k-pan"))
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    assert_eq!(sent.description, "card **** **** **** 1111, ref 12345");
+    let history = w
+        .client()
+        .await
+        .list_entries(bearer(
+            ListEntriesRequest { account_id: b.clone(), ..ListEntriesRequest::default() },
+            &bob.tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(history.iter().any(|e| e.description == "card **** **** **** 1111, ref 12345"), "{history:?}");
+    // Neither the tables nor the outbox (the event the recipient's email and webhook are made from)
+    // holds the number.
+    let dump = w.ledger.database().unwrap().dump();
+    assert!(dump.contains("ref 12345"), "the description is stored");
+    bank_testkit::assert_nowhere(&dump, "4111 1111 1111 1111", "ledger database");
+}
+
+#[tokio::test]
 async fn a_transfer_by_number_moves_money_once_and_a_retry_replays_it() {
     let w = world().await;
     let alice = w.identity.user("alice@example.com").await;

@@ -3,6 +3,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use bank_auth::{ACR_MFA, Principal, Subject, principal, require_staff, require_step_up};
+use bank_money::card_number;
 use bank_platform::{
     ErrorCode, FieldViolation, ServiceError,
     grpc::fields::{self, internal, invalid},
@@ -242,7 +243,8 @@ fn description_field(value: &str) -> Result<String, Status> {
     if value.chars().any(char::is_control) {
         return Err(invalid("description", "INVALID_CHARACTERS", "must not contain control characters"));
     }
-    Ok(value.to_owned())
+    // A card number typed into a description is kept to its last four (PCI DSS 3.5.1).
+    Ok(card_number::mask_card_numbers(value).into_owned())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -1371,6 +1373,7 @@ impl NotificationsAdminService for Api {
         let response = RetryDeadLetterResponse { dead_letter: Some(dead_letter_message(&row)) };
         store(&mut tx, key.as_ref(), &response).await?;
         tx.commit().await.map_err(internal)?;
+        let reason = card_number::mask_card_numbers(reason);
         tracing::info!(dead_letter_id = %id, admin = %admin_id, reason = %reason, "dead letter retried");
         Ok(Response::new(response))
     }

@@ -196,7 +196,7 @@ async fn a_deposit_reaches_a_webhook_signed_after_two_failures_and_is_emailed() 
         .create_webhook_endpoint(bearer(
             CreateWebhookEndpointRequest {
                 url: receiver.url("/hooks/bank"),
-                description: "bob's books".into(),
+                description: "bob's books 5555 5555 5555 4444".into(),
                 event_types: vec!["bank.events.v1.DepositPosted".into()],
             },
             &bob.tokens.access_token,
@@ -205,7 +205,10 @@ async fn a_deposit_reaches_a_webhook_signed_after_two_failures_and_is_emailed() 
         .unwrap()
         .into_inner();
     let secret = created.signing_secret;
-    let endpoint = created.endpoint.unwrap().endpoint_id;
+    let endpoint = created.endpoint.unwrap();
+    // A card number typed into the description is stored masked (PCI DSS 3.5.1).
+    assert_eq!(endpoint.description, "bob's books **** **** **** 4444");
+    let endpoint = endpoint.endpoint_id;
     assert!(secret.starts_with("whsec_"));
 
     let account = mesh.funded_account(&bob.user_id, "DE89370400440532013000", 123_450).await;

@@ -136,11 +136,12 @@ fn text(input: &str, required: bool, max_chars: usize) -> Result<String, TextErr
     if value.chars().any(char::is_control) {
         return Err(TextError::ControlCharacters);
     }
-    Ok(value.to_owned())
+    // A card number typed into a label or a reason is kept to its last four (PCI DSS 3.5.1).
+    Ok(bank_money::card_number::mask_card_numbers(value).into_owned())
 }
 
 /// The owner's label of an account: 0-50 characters after trimming, no control characters
-/// (empty = no label).
+/// (empty = no label), card numbers masked to their last four.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Nickname(String);
 
@@ -163,7 +164,8 @@ impl Nickname {
     }
 }
 
-/// An administrator's audited reason: 1-500 characters after trimming, no control characters.
+/// An administrator's audited reason: 1-500 characters after trimming, no control characters,
+/// card numbers masked to their last four.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reason(String);
 

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{check_name, entry, internal, role_name, session, timestamp, user};
+use super::{check_text, entry, internal, masked_text, role_name, session, timestamp, user};
 use crate::{
     context::CallContext,
     domain::password::Password,
@@ -117,8 +117,8 @@ impl Check {
 
     /// The mandatory, audited reason, trimmed.
     fn reason(&mut self, value: &str) -> String {
-        self.0.extend(check_name("reason", value, true, MAX_REASON));
-        value.trim().to_owned()
+        self.0.extend(check_text("reason", value, true, MAX_REASON));
+        masked_text(value)
     }
 
     /// A required short identifier (client id, key id).

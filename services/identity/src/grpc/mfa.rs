@@ -341,7 +341,7 @@ impl Api {
         let device_name = if req.device_name.trim().is_empty() {
             challenge.device_name
         } else {
-            req.device_name.trim().chars().take(100).collect()
+            super::masked_text(&req.device_name.trim().chars().take(100).collect::<String>())
         };
         let tokens = self.open_session(&mut tx, &user, &ctx, &device_name, bank_auth::ACR_MFA).await?;
         self.session_created(&mut tx, &user, &ctx, &tokens, device_name, true).await?;

@@ -4,6 +4,7 @@ pub mod admin;
 mod mfa;
 pub mod public;
 
+use bank_money::card_number;
 use bank_platform::{ErrorCode, FieldViolation, ServiceError};
 use bank_proto::identity::v1::{Role, Session, User, UserStatus};
 use time::OffsetDateTime;
@@ -124,8 +125,23 @@ pub(crate) fn entry(ctx: &CallContext, action: &'static str, result: &'static st
     }
 }
 
-/// Names: 1..=`max` characters (given) or 0..=`max` (family), no control characters.
+/// Names: 1..=`max` characters (given) or 0..=`max` (family), no control characters, no card
+/// number (a name with one is refused: masking it would not leave a name).
 pub(crate) fn check_name(field: &str, value: &str, required: bool, max: usize) -> Option<FieldViolation> {
+    let violation = check_text(field, value, required, max);
+    if violation.is_none() && card_number::contains_card_number(value) {
+        return Some(FieldViolation::new(
+            field,
+            card_number::VIOLATION_CODE,
+            "must not contain a card number",
+        ));
+    }
+    violation
+}
+
+/// Free text (an audited reason): 1..=`max` characters when required, no control characters.
+/// Callers store it through [`masked_text`].
+pub(crate) fn check_text(field: &str, value: &str, required: bool, max: usize) -> Option<FieldViolation> {
     let trimmed = value.trim();
     if required && trimmed.is_empty() {
         return Some(FieldViolation::new(field, "REQUIRED", "is required"));
@@ -137,6 +153,11 @@ pub(crate) fn check_name(field: &str, value: &str, required: bool, max: usize) -
         return Some(FieldViolation::new(field, "INVALID_CHARACTERS", "must not contain control characters"));
     }
     None
+}
+
+/// Free text as stored: trimmed, card numbers masked to their last four (PCI DSS 3.5.1).
+pub(crate) fn masked_text(value: &str) -> String {
+    card_number::mask_card_numbers(value.trim()).into_owned()
 }
 
 /// A BCP 47 language tag (shape only): `en`, `de-AT`, `zh-Hant-TW`.
@@ -191,5 +212,11 @@ mod tests {
         assert!(check_name("family_name", "", false, 100).is_none());
         assert_eq!(check_name("given_name", &"x".repeat(101), true, 100).unwrap().code, "TOO_LONG");
         assert_eq!(check_name("given_name", "a\u{7}b", true, 100).unwrap().code, "INVALID_CHARACTERS");
+        assert_eq!(
+            check_name("given_name", "4111 1111 1111 1111", true, 100).unwrap().code,
+            "CONTAINS_CARD_NUMBER"
+        );
+        assert!(check_text("reason", "card 4111 1111 1111 1111", true, 100).is_none());
+        assert_eq!(masked_text(" card 4111 1111 1111 1111 "), "card **** **** **** 1111");
     }
 }

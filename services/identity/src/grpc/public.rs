@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    check_locale, check_name, check_time_zone, entry, internal, invalid, invalid_credentials,
+    check_locale, check_name, check_time_zone, entry, internal, invalid, invalid_credentials, masked_text,
     policy_violation, session, timestamp, user,
 };
 use crate::{
@@ -418,7 +418,7 @@ impl IdentityService for Api {
         let req = request.into_inner();
         let email = parse_email("email", &req.email)?;
         let password = required_password("password", req.password)?;
-        let device_name: String = req.device_name.trim().chars().take(100).collect();
+        let device_name = masked_text(&req.device_name.trim().chars().take(100).collect::<String>());
         let now = Self::now();
         let mut conn = self.state.pool.acquire().await.map_err(internal)?;
         let user = users::by_email(&mut conn, &email.canonical()).await.map_err(internal)?;

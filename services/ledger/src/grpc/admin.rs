@@ -3,6 +3,7 @@
 //! second factor (`bank_auth::require_staff`).
 
 use bank_auth::{Principal, Subject, principal};
+use bank_money::card_number;
 use bank_platform::{
     ErrorCode,
     grpc::fields::{self, answer, internal, invalid},
@@ -67,7 +68,7 @@ fn cash<T>(request: &Request<T>, form: &CashForm<'_>) -> Result<Cash, Status> {
         currency,
         amount,
         description,
-        reason: form.reason.chars().take(500).collect(),
+        reason: card_number::masked(form.reason.trim().chars().take(500).collect()),
         system: convert::system_type(system),
     })
 }
@@ -125,6 +126,7 @@ impl LedgerAdminService for Api {
         if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
             return Err(invalid("reason", "INVALID", "at most 500 characters, no control characters"));
         }
+        let reason = card_number::masked(reason);
         let reverse = Reverse { key, request_hash, admin, transaction, reason };
         let (response, replayed) = reversals::reverse(&self.engine, reverse).await?;
         Ok(answer(response, replayed))

@@ -13,7 +13,7 @@ mod public;
 use std::sync::Arc;
 
 use bank_auth::{Principal, Subject};
-use bank_money::{Amount, Currency};
+use bank_money::{Amount, Currency, card_number};
 use bank_platform::{
     FieldViolation, ServiceError,
     grpc::fields::{self, invalid},
@@ -77,7 +77,8 @@ fn currency_field(field: &str, code: &str) -> Result<Currency, Status> {
     Currency::parse(code).map_err(|e| invalid(field, e.code(), &e.to_string()))
 }
 
-/// A description: trimmed, at most 140 characters, no control characters.
+/// A description: trimmed, at most 140 characters, no control characters, card numbers masked
+/// to their last four (PCI DSS 3.5.1: the description is stored, sent in events and mailed).
 fn description_field(value: &str) -> Result<String, Status> {
     let value = value.trim();
     if value.chars().count() > 140 {
@@ -86,7 +87,7 @@ fn description_field(value: &str) -> Result<String, Status> {
     if value.chars().any(char::is_control) {
         return Err(invalid("description", "INVALID_CHARACTERS", "must not contain control characters"));
     }
-    Ok(value.to_owned())
+    Ok(card_number::mask_card_numbers(value).into_owned())
 }
 
 /// Who may read an account: its owner, or a service with `ledger:read`.
