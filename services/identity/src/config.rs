@@ -80,6 +80,11 @@ pub struct TokenConfig {
     /// A session dies this long after login, however it is used (absolute expiry).
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// A rotated refresh token presented again this soon after its rotation (two tabs refreshing
+    /// at once, a retry after a lost answer) gets the same successor pair; later it is reuse and
+    /// revokes the session. `0s` turns the interval off (ADR 0008).
+    #[serde(with = "humantime_serde")]
+    pub refresh_reuse_interval: Duration,
     /// Service token lifetime.
     #[serde(with = "humantime_serde")]
     pub service_token_ttl: Duration,
@@ -91,6 +96,7 @@ impl Default for TokenConfig {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_idle_ttl: Duration::from_secs(7 * 24 * 3600),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_interval: Duration::from_secs(5),
             service_token_ttl: Duration::from_secs(5 * 60),
         }
     }
@@ -112,6 +118,9 @@ impl Validate for TokenConfig {
                 "tokens.session_ttl",
                 "must be at least tokens.refresh_idle_ttl",
             ));
+        }
+        if self.refresh_reuse_interval > Duration::from_secs(60) {
+            return Err(config::Error::invalid("tokens.refresh_reuse_interval", "must be at most 1m"));
         }
         if self.service_token_ttl < Duration::from_secs(60)
             || self.service_token_ttl > Duration::from_secs(3600)

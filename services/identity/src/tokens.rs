@@ -27,6 +27,47 @@ pub fn digest(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// Seals `plaintext` (the pair a refresh answered) under a key derived from `holder_secret` (the
+/// refresh token it rotated): only whoever presents that token again can open it; the database,
+/// which keeps only the token's [`digest`], cannot. Nonce first, then the AES-256-GCM ciphertext.
+#[must_use]
+pub fn seal_for_holder(holder_secret: &str, plaintext: &[u8]) -> Vec<u8> {
+    use aes_gcm::{AeadCore as _, aead::Aead as _};
+    let cipher = holder_cipher(holder_secret);
+    let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut aes_gcm::aead::OsRng);
+    let aad = digest(holder_secret);
+    // Encryption with a valid key and nonce cannot fail for inputs this small.
+    let sealed =
+        cipher.encrypt(&nonce, aes_gcm::aead::Payload { msg: plaintext, aad: &aad }).unwrap_or_default();
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Opens what [`seal_for_holder`] sealed for the same secret; `None` for anything else.
+#[must_use]
+pub fn open_for_holder(holder_secret: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    use aes_gcm::aead::Aead as _;
+    if sealed.len() < 12 {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().ok()?;
+    let aad = digest(holder_secret);
+    holder_cipher(holder_secret)
+        .decrypt(&aes_gcm::Nonce::from(nonce), aes_gcm::aead::Payload { msg: ciphertext, aad: &aad })
+        .ok()
+}
+
+fn holder_cipher(holder_secret: &str) -> aes_gcm::Aes256Gcm {
+    use aes_gcm::KeyInit as _;
+    let key = Sha256::new()
+        .chain_update(b"bankmesh/refresh-successor/v1\0")
+        .chain_update(holder_secret.as_bytes())
+        .finalize();
+    aes_gcm::Aes256Gcm::new(&key)
+}
+
 /// A signed access token.
 #[derive(Clone)]
 pub struct AccessToken {
@@ -164,5 +205,20 @@ mod tests {
         assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
         assert_eq!(digest(&a).len(), 32);
         assert_ne!(digest(&a), digest(&b));
+    }
+
+    #[test]
+    fn a_sealed_successor_opens_only_for_the_token_it_was_sealed_for() {
+        let parent = opaque();
+        let sealed = seal_for_holder(&parent, b"the pair");
+        assert_eq!(open_for_holder(&parent, &sealed).as_deref(), Some(&b"the pair"[..]));
+        assert!(open_for_holder(&opaque(), &sealed).is_none());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(open_for_holder(&parent, &tampered).is_none());
+        assert!(open_for_holder(&parent, &sealed[..11]).is_none());
+        // The key is not the stored digest: the database row alone does not open it.
+        assert!(open_for_holder(&String::from_utf8_lossy(&digest(&parent)), &sealed).is_none());
+        assert_ne!(seal_for_holder(&parent, b"the pair"), sealed, "a fresh nonce each time");
     }
 }

@@ -8,11 +8,11 @@ use bank_platform::{ErrorCode, error::reason_of};
 use bank_proto::identity::v1::{
     ChangePasswordRequest, ConfirmPasswordResetRequest, GetMyProfileRequest, ListMySessionsRequest,
     LoginRequest, LogoutEverywhereRequest, LogoutRequest, RefreshTokensRequest, RegisterRequest,
-    RequestPasswordResetRequest, RevokeMySessionRequest, RevokeOtherSessionsRequest, UpdateMyProfileRequest,
-    VerifyEmailRequest,
+    RequestPasswordResetRequest, RevokeMySessionRequest, RevokeOtherSessionsRequest, TokenPair,
+    UpdateMyProfileRequest, VerifyEmailRequest,
 };
 use bank_testkit::{
-    TestIdentity, bearer,
+    Options, TestIdentity, bearer,
     identity::{ADMIN_EMAIL, USER_PASSWORD},
     probe,
 };
@@ -227,53 +227,80 @@ async fn five_wrong_passwords_lock_the_account_with_the_same_answer_as_an_unknow
     identity.login(&user.email, new_password).await.unwrap();
 }
 
+async fn refresh(identity: &TestIdentity, refresh_token: &str) -> Result<TokenPair, tonic::Status> {
+    identity
+        .client()
+        .await
+        .refresh_tokens(RefreshTokensRequest { refresh_token: refresh_token.to_owned() })
+        .await
+        .map(|r| r.into_inner().tokens.unwrap())
+}
+
 #[tokio::test]
 async fn refresh_rotates_and_a_reused_refresh_token_kills_the_whole_session() {
     let identity = TestIdentity::spawn().await;
     let user = identity.user("erin@example.com").await;
     let mut client = identity.client().await;
     let first = user.tokens.clone();
-    let second = client
-        .refresh_tokens(RefreshTokensRequest { refresh_token: first.refresh_token.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap();
+    let second = refresh(&identity, &first.refresh_token).await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_eq!(second.session_id, first.session_id);
     client.get_my_profile(bearer(GetMyProfileRequest {}, &second.access_token)).await.unwrap();
 
-    // The stolen, already rotated token comes back: the family dies.
-    let reuse =
-        client.refresh_tokens(RefreshTokensRequest { refresh_token: first.refresh_token }).await.unwrap_err();
+    // The same token again at once (a retry after a lost answer, a second tab): within the reuse
+    // interval it gets the same pair, and the session lives on.
+    assert_eq!(refresh(&identity, &first.refresh_token).await.unwrap(), second);
+    let third = refresh(&identity, &second.refresh_token).await.unwrap();
+    assert_ne!(third.refresh_token, second.refresh_token);
+
+    // The first token once more: its pair is no longer the session's live one, so this is a stolen,
+    // already rotated token coming back: the family dies.
+    let reuse = refresh(&identity, &first.refresh_token).await.unwrap_err();
     assert_eq!(reason(&reuse), Some(ErrorCode::InvalidRefreshToken));
-    let dead = client
-        .refresh_tokens(RefreshTokensRequest { refresh_token: second.refresh_token })
-        .await
-        .unwrap_err();
+    let dead = refresh(&identity, &third.refresh_token).await.unwrap_err();
     assert_eq!(reason(&dead), Some(ErrorCode::InvalidRefreshToken));
     let refused =
-        client.get_my_profile(bearer(GetMyProfileRequest {}, &second.access_token)).await.unwrap_err();
+        client.get_my_profile(bearer(GetMyProfileRequest {}, &third.access_token)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert_eq!(reason(&refused), Some(ErrorCode::TokenRevoked));
     assert_eq!(identity.events("bank.events.v1.RefreshTokenReuseDetected").await.len(), 1);
 }
 
 #[tokio::test]
-async fn of_two_simultaneous_refreshes_with_one_token_at_most_one_succeeds() {
+async fn a_rotated_token_presented_after_the_reuse_interval_kills_the_session() {
+    let identity =
+        TestIdentity::spawn_with(Options::default().set("tokens.refresh_reuse_interval", "200ms")).await;
+    let user = identity.user("ezra@example.com").await;
+    let second = refresh(&identity, &user.tokens.refresh_token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reuse = refresh(&identity, &user.tokens.refresh_token).await.unwrap_err();
+    assert_eq!(reason(&reuse), Some(ErrorCode::InvalidRefreshToken));
+    let dead = refresh(&identity, &second.refresh_token).await.unwrap_err();
+    assert_eq!(reason(&dead), Some(ErrorCode::InvalidRefreshToken));
+    assert_eq!(identity.events("bank.events.v1.RefreshTokenReuseDetected").await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_tabs_refreshing_at_once_get_the_same_pair_and_keep_the_session() {
     let identity = TestIdentity::spawn().await;
     let user = identity.user("frank@example.com").await;
-    let (a, b) = {
-        let mut c1 = identity.client().await;
-        let mut c2 = identity.client().await;
-        let t1 = user.tokens.refresh_token.clone();
-        let t2 = user.tokens.refresh_token.clone();
-        tokio::join!(
-            async move { c1.refresh_tokens(RefreshTokensRequest { refresh_token: t1 }).await },
-            async move { c2.refresh_tokens(RefreshTokensRequest { refresh_token: t2 }).await },
-        )
-    };
+    let token = user.tokens.refresh_token.clone();
+    let (a, b) = tokio::join!(refresh(&identity, &token), refresh(&identity, &token));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "the same successor pair");
+    let mut client = identity.client().await;
+    client.get_my_profile(bearer(GetMyProfileRequest {}, &a.access_token)).await.unwrap();
+    refresh(&identity, &a.refresh_token).await.unwrap();
+    assert!(identity.events("bank.events.v1.RefreshTokenReuseDetected").await.is_empty(), "no alert");
+}
+
+#[tokio::test]
+async fn with_the_reuse_interval_off_of_two_simultaneous_refreshes_at_most_one_succeeds() {
+    let identity =
+        TestIdentity::spawn_with(Options::default().set("tokens.refresh_reuse_interval", "0s")).await;
+    let user = identity.user("fred@example.com").await;
+    let token = user.tokens.refresh_token.clone();
+    let (a, b) = tokio::join!(refresh(&identity, &token), refresh(&identity, &token));
     assert!(a.is_err() || b.is_err(), "both refreshes succeeded");
 }
 

@@ -171,6 +171,33 @@ impl Api {
         Ok(())
     }
 
+    /// The pair the rotation of `token` answered, when `presented` (that token) comes again within
+    /// the reuse interval (the row then carries the sealed pair) and the pair's refresh token is
+    /// still live in a live session of an active user; `None` makes the presentation a reuse.
+    async fn repeated_rotation(
+        conn: &mut sqlx::PgConnection,
+        presented: &str,
+        token: &sessions::RefreshRow,
+        session: &sessions::SessionRow,
+        user: &UserRow,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenPair>, Status> {
+        let Some(sealed) = token.successor.as_deref() else {
+            return Ok(None);
+        };
+        if !session.is_live(now) || user.status != "active" {
+            return Ok(None);
+        }
+        let Some(pair) = tokens::open_for_holder(presented, sealed)
+            .and_then(|plain| <TokenPair as prost::Message>::decode(plain.as_slice()).ok())
+        else {
+            return Ok(None);
+        };
+        let live =
+            sessions::refresh_is_live(conn, &tokens::digest(&pair.refresh_token)).await.map_err(internal)?;
+        Ok(live.then_some(pair))
+    }
+
     /// A new refresh token for `session` plus an access token.
     pub(super) async fn pair(
         &self,
@@ -569,14 +596,27 @@ impl IdentityService for Api {
         let now = Self::now();
         let mut tx = self.state.pool.begin().await.map_err(internal)?;
         // The row lock serialises concurrent refreshes of one token: the second sees it used.
-        let token =
-            sessions::refresh_for_update(&mut tx, &hash).await.map_err(internal)?.ok_or_else(refused)?;
+        let reuse_interval = self.state.config.tokens.refresh_reuse_interval;
+        let token = sessions::refresh_for_update(&mut tx, &hash, reuse_interval)
+            .await
+            .map_err(internal)?
+            .ok_or_else(refused)?;
         let session =
             sessions::get(&mut tx, token.session_id).await.map_err(internal)?.ok_or_else(refused)?;
         let user =
             users::by_id(&mut tx, session.user_id, false).await.map_err(internal)?.ok_or_else(refused)?;
 
         if token.used_at.is_some() {
+            // The same rotation asked for again within the reuse interval (two tabs, a lost answer):
+            // the same successor pair, while it is still the session's live one (ADR 0008).
+            if let Some(pair) =
+                Self::repeated_rotation(&mut tx, &req.refresh_token, &token, &session, &user, now).await?
+            {
+                tx.commit().await.map_err(internal)?;
+                metrics::counter!("identity_refresh_repeats_total").increment(1);
+                tracing::info!(session_id = %session.session_id, "refresh repeated within the reuse interval: same pair");
+                return Ok(Response::new(RefreshTokensResponse { tokens: Some(pair) }));
+            }
             // Reuse of a rotated token: the family is compromised. Kill the session (RFC 9700).
             let revoked = session.revoked_at.is_none();
             if revoked {
@@ -615,9 +655,13 @@ impl IdentityService for Api {
         if token.expires_at <= now || !session.is_live(now) || user.status != "active" {
             return Err(refused());
         }
-        sessions::use_refresh(&mut tx, &hash).await.map_err(internal)?;
         sessions::touch(&mut tx, session.session_id, &ctx.ip_address).await.map_err(internal)?;
         let tokens = self.pair(&mut tx, &user, &session).await?;
+        let successor = (!reuse_interval.is_zero())
+            .then(|| tokens::seal_for_holder(&req.refresh_token, &prost::Message::encode_to_vec(&tokens)));
+        sessions::use_refresh(&mut tx, session.session_id, &hash, successor.as_deref())
+            .await
+            .map_err(internal)?;
         tx.commit().await.map_err(internal)?;
         Ok(Response::new(RefreshTokensResponse { tokens: Some(tokens) }))
     }

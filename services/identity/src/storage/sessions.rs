@@ -167,36 +167,74 @@ pub struct RefreshRow {
     pub expires_at: OffsetDateTime,
     /// Used (rotated) when.
     pub used_at: Option<OffsetDateTime>,
+    /// The sealed pair its rotation answered, while the rotation is younger than the reuse interval
+    /// asked for (by the database's clock).
+    pub successor: Option<Vec<u8>>,
 }
 
-/// Looks a refresh token up and locks it (concurrent refreshes of one token queue here).
+/// Looks a refresh token up and locks it (concurrent refreshes of one token queue here), with the
+/// sealed successor pair when it was rotated less than `reuse_interval` ago.
 pub async fn refresh_for_update(
     conn: &mut PgConnection,
     token_hash: &[u8],
+    reuse_interval: std::time::Duration,
 ) -> Result<Option<RefreshRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT session_id, expires_at, used_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+        "SELECT session_id, expires_at, used_at, \
+                CASE WHEN used_at > now() - $2::bigint * interval '1 microsecond' THEN successor END \
+                  AS successor \
+         FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
     .bind(token_hash)
+    .bind(i64::try_from(reuse_interval.as_micros()).unwrap_or(i64::MAX))
     .fetch_optional(conn)
     .await
 }
 
-/// Uses up a refresh token.
-pub async fn use_refresh(conn: &mut PgConnection, token_hash: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
-        .bind(token_hash)
-        .execute(conn)
-        .await?;
+/// Whether a refresh token is live: stored, unused and not expired (row-locked, so a concurrent
+/// rotation of it waits).
+pub async fn refresh_is_live(conn: &mut PgConnection, token_hash: &[u8]) -> Result<bool, sqlx::Error> {
+    let live: Option<bool> = sqlx::query_scalar(
+        "SELECT used_at IS NULL AND expires_at > now() FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await?;
+    Ok(live == Some(true))
+}
+
+/// Uses up a refresh token, keeping the sealed pair that replaced it (for the reuse interval), and
+/// drops the sealed pairs of the session's older tokens: only the latest rotation can be repeated.
+pub async fn use_refresh(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    token_hash: &[u8],
+    successor: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens \
+         SET used_at = CASE WHEN token_hash = $2 THEN now() ELSE used_at END, \
+             successor = CASE WHEN token_hash = $2 THEN $3 END \
+         WHERE session_id = $1 AND (token_hash = $2 OR successor IS NOT NULL)",
+    )
+    .bind(session_id)
+    .bind(token_hash)
+    .bind(successor)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Uses up every unused refresh token of a session (before issuing a replacement).
+/// Uses up every unused refresh token of a session (before issuing a replacement, or when it ends)
+/// and drops the sealed successor pairs: no earlier rotation can be repeated after it.
 pub async fn use_all_refresh(conn: &mut PgConnection, session_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE session_id = $1 AND used_at IS NULL")
-        .bind(session_id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET used_at = coalesce(used_at, now()), successor = NULL \
+         WHERE session_id = $1 AND (used_at IS NULL OR successor IS NOT NULL)",
+    )
+    .bind(session_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
