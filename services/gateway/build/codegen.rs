@@ -106,6 +106,16 @@ fn spec_and_handler(out: &mut String, route: &Route, fixed: &BTreeSet<String>) {
     let _ = writeln!(out, "    upstream: Upstream::{},", route.upstream.to_upper_camel_case());
     let _ = writeln!(out, "    idempotent: {},", route.verb.upper() == "GET");
     let _ = writeln!(out, "    body: {body},");
+    // An update with a `google.protobuf.FieldMask update_mask` and the whole body: the gateway
+    // fills the mask from the body's keys when the client gives none (AIP-134).
+    let update_mask = match (&route.body, route.method.input().get_field_by_name("update_mask")) {
+        (Body::All, Some(field)) if matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask") =>
+        {
+            format!("Some({:?})", field.json_name())
+        }
+        _ => "None".to_owned(),
+    };
+    let _ = writeln!(out, "    update_mask: {update_mask},");
     out.push_str("    path_params: &[");
     for field in &route.path_params {
         let _ = write!(out, "PathParam {{ proto: {:?}, json: {:?} }}, ", field.name(), field.json_name());

@@ -167,6 +167,7 @@ static JWKS: RouteSpec = RouteSpec {
     body: BodySpec::None,
     path_params: &[],
     query: &[],
+    update_mask: None,
 };
 
 /// `GET /.well-known/jwks.json`: identity's `GetJwks` as a JWK Set (`keys` always present).

@@ -65,6 +65,9 @@ pub(crate) struct RouteSpec {
     pub(crate) body: BodySpec,
     pub(crate) path_params: &'static [PathParam],
     pub(crate) query: &'static [QueryParam],
+    /// The JSON name of the request's `google.protobuf.FieldMask update_mask` (body `*` only):
+    /// without one in the body, the body's own keys become the mask (see [`update_mask`]).
+    pub(crate) update_mask: Option<&'static str>,
 }
 
 /// Where the body goes.
@@ -266,6 +269,10 @@ async fn decode<Req: DeserializeOwned>(
         }
     };
 
+    if let Some(mask) = spec.update_mask {
+        update_mask(mask, &mut object)?;
+    }
+
     if !spec.path_params.is_empty() {
         let Path(values) = Path::<Vec<(String, String)>>::from_request_parts(parts, &())
             .await
@@ -293,6 +300,53 @@ async fn decode<Req: DeserializeOwned>(
     }
 
     Ok(serde_path_to_error::deserialize::<_, Req>(Value::Object(object)).map_err(json_problem)?)
+}
+
+/// An update changes what its body names (AIP-134): `updateMask` given in its canonical JSON form
+/// (`"description,enabled"`, camelCase or snake_case names) becomes the message's paths; without
+/// one, the body's keys are the mask, so `{"enabled": false}` disables and a field left out keeps
+/// its value.
+fn update_mask(json_name: &str, object: &mut Map<String, Value>) -> Result<(), Refusal> {
+    let given = object.remove(json_name).or_else(|| object.remove("update_mask"));
+    let paths: Vec<Value> = match given {
+        None => object.keys().map(|key| Value::String(snake_case(key))).collect(),
+        Some(Value::String(text)) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(|path| Value::String(path.split('.').map(snake_case).collect::<Vec<_>>().join(".")))
+            .collect(),
+        Some(Value::Object(mask)) => {
+            object.insert(json_name.to_owned(), Value::Object(mask));
+            return Ok(());
+        }
+        Some(_) => {
+            return Err(Problem::invalid(vec![Violation::new(
+                json_name,
+                "INVALID_VALUE",
+                "a comma-separated list of field names",
+            )])
+            .into());
+        }
+    };
+    let mut mask = Map::new();
+    mask.insert("paths".to_owned(), Value::Array(paths));
+    object.insert(json_name.to_owned(), Value::Object(mask));
+    Ok(())
+}
+
+/// `eventTypes` -> `event_types` (a proto field name is already snake_case and stays so).
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads the body as JSON: `None` when it is empty. Anything but `application/json` is refused
@@ -678,7 +732,31 @@ mod tests {
                 repeated: false,
             },
         ],
+        update_mask: None,
     };
+
+    #[test]
+    fn an_update_without_a_mask_is_masked_by_its_body_keys() {
+        let mut body: Map<String, Value> =
+            serde_json::from_str(r#"{"description":"x","eventTypes":[],"enabled":false}"#).unwrap();
+        update_mask("updateMask", &mut body).unwrap();
+        let mut paths: Vec<&str> =
+            body["updateMask"]["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["description", "enabled", "event_types"]);
+
+        let mut given: Map<String, Value> =
+            serde_json::from_str(r#"{"description":"x","updateMask":"eventTypes, enabled"}"#).unwrap();
+        update_mask("updateMask", &mut given).unwrap();
+        assert_eq!(given["updateMask"], serde_json::json!({"paths": ["event_types", "enabled"]}));
+
+        let mut empty = Map::new();
+        update_mask("updateMask", &mut empty).unwrap();
+        assert_eq!(empty["updateMask"], serde_json::json!({"paths": []}));
+
+        let mut wrong: Map<String, Value> = serde_json::from_str(r#"{"updateMask":7}"#).unwrap();
+        assert!(update_mask("updateMask", &mut wrong).is_err());
+    }
 
     #[test]
     fn query_parameters_become_typed_json() {

@@ -670,27 +670,51 @@ impl NotificationsService for Api {
         )?;
         let req = request.into_inner();
         let account = fields::uuid("account_id", &req.account_id)?;
-        let threshold =
-            req.threshold.clone().ok_or_else(|| invalid("threshold", "REQUIRED", "is required"))?;
-        let currency = bank_money::Currency::parse(&threshold.currency)
-            .map_err(|e| invalid("threshold.currency", e.code(), &e.to_string()))?;
-        if threshold.minor_units < 0 {
-            return Err(invalid("threshold.minor_units", "NEGATIVE", "must not be negative"));
-        }
-        let owned: Option<String> =
-            sqlx::query_scalar("SELECT currency FROM accounts WHERE account_id = $1 AND owner_user_id = $2")
-                .bind(account)
-                .bind(user)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(internal)?;
-        let account_currency = owned.ok_or_else(|| not_found("account"))?;
-        if account_currency != currency.code() {
-            return Err(refused(
-                ErrorCode::CurrencyMismatch,
-                "the threshold must be in the account's currency",
-            ));
-        }
+        // Only the fields named in the mask (or, without one, the fields sent) change (AIP-134).
+        let mask = fields::UpdateMask::new(
+            req.update_mask.as_ref().map_or(&[][..], |m| m.paths.as_slice()),
+            &["threshold", "enabled"],
+        )?;
+        let given = if mask.covers("threshold", req.threshold.is_some()) {
+            let threshold =
+                req.threshold.clone().ok_or_else(|| invalid("threshold", "REQUIRED", "is required"))?;
+            let currency = bank_money::Currency::parse(&threshold.currency)
+                .map_err(|e| invalid("threshold.currency", e.code(), &e.to_string()))?;
+            if threshold.minor_units < 0 {
+                return Err(invalid("threshold.minor_units", "NEGATIVE", "must not be negative"));
+            }
+            Some((currency, threshold.minor_units))
+        } else {
+            None
+        };
+        // The account (the caller's) and its current alert, if any.
+        let owned: Option<(String, Option<i64>, Option<bool>)> = sqlx::query_as(
+            "SELECT a.currency, l.threshold, l.enabled FROM accounts a \
+             LEFT JOIN low_balance_alerts l ON l.account_id = a.account_id \
+             WHERE a.account_id = $1 AND a.owner_user_id = $2",
+        )
+        .bind(account)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?;
+        let (account_currency, current_threshold, current_enabled) =
+            owned.ok_or_else(|| not_found("account"))?;
+        let threshold = match (given, current_threshold) {
+            (Some((currency, _)), _) if currency.code() != account_currency => {
+                return Err(refused(
+                    ErrorCode::CurrencyMismatch,
+                    "the threshold must be in the account's currency",
+                ));
+            }
+            (Some((_, minor_units)), _) | (None, Some(minor_units)) => {
+                Money { currency: account_currency.clone(), minor_units }
+            }
+            (None, None) => return Err(invalid("threshold", "REQUIRED", "is required for a new alert")),
+        };
+        let currency = bank_money::Currency::parse(&account_currency).map_err(internal)?;
+        let enabled =
+            if mask.covers("enabled", req.enabled) { req.enabled } else { current_enabled.unwrap_or(true) };
         {
             let mut tx = self.pool.begin().await.map_err(internal)?;
             if let Some(replay) = claim::<SetLowBalanceAlertResponse>(&mut tx, key.as_ref(), &req).await? {
@@ -698,8 +722,7 @@ impl NotificationsService for Api {
             }
         }
         // The ledger detects the crossing (ADR 0015); mirror first, so a failure here changes nothing.
-        let ledger_threshold = req
-            .enabled
+        let ledger_threshold = enabled
             .then(|| Money { currency: currency.code().to_owned(), minor_units: threshold.minor_units });
         let available = self.ledger.set_threshold(account, ledger_threshold).await?;
         let mut tx = self.pool.begin().await.map_err(internal)?;
@@ -718,7 +741,7 @@ impl NotificationsService for Api {
         .bind(user)
         .bind(currency.code())
         .bind(threshold.minor_units)
-        .bind(req.enabled)
+        .bind(enabled)
         .bind(armed)
         .fetch_one(&mut *tx)
         .await
@@ -874,32 +897,53 @@ impl NotificationsService for Api {
         )?;
         let req = request.into_inner();
         let id = fields::uuid("endpoint_id", &req.endpoint_id)?;
-        if req.url.is_empty() {
-            return Err(invalid("url", "REQUIRED", "is required"));
-        }
-        self.policy.check_url(&req.url).map_err(|m| refused(ErrorCode::WebhookUrlNotAllowed, &m))?;
-        let description = description_field(&req.description)?;
-        let types = event_types_field("event_types", &req.event_types)?;
+        // Only the fields named in the mask (or, without one, the fields sent) change (AIP-134).
+        let mask = fields::UpdateMask::new(
+            req.update_mask.as_ref().map_or(&[][..], |m| m.paths.as_slice()),
+            &["url", "description", "event_types", "enabled"],
+        )?;
+        let url = if mask.covers("url", !req.url.is_empty()) {
+            if req.url.is_empty() {
+                return Err(invalid("url", "REQUIRED", "is required"));
+            }
+            self.policy.check_url(&req.url).map_err(|m| refused(ErrorCode::WebhookUrlNotAllowed, &m))?;
+            Some(req.url.as_str())
+        } else {
+            None
+        };
+        let description = if mask.covers("description", !req.description.is_empty()) {
+            Some(description_field(&req.description)?)
+        } else {
+            None
+        };
+        let types = if mask.covers("event_types", !req.event_types.is_empty()) {
+            Some(event_types_field("event_types", &req.event_types)?)
+        } else {
+            None
+        };
+        let enabled = mask.covers("enabled", req.enabled).then_some(req.enabled);
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let current = endpoint(&mut tx, &owner, id, true).await?;
-        if current.url != req.url {
+        if url.is_some_and(|u| u != current.url) {
             step_up_if_mfa(&principal)?;
         }
         if let Some(replay) = claim(&mut tx, key.as_ref(), &req).await? {
             return Ok(replay);
         }
+        // A NULL parameter keeps the column.
         let row: EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE webhook_endpoints SET url = $2, description = $3, event_types = $4, updated_at = now(), \
-               status = CASE WHEN $5 THEN 'active' ELSE 'disabled' END, \
+            "UPDATE webhook_endpoints SET url = coalesce($2, url), description = coalesce($3, description), \
+               event_types = coalesce($4, event_types), updated_at = now(), \
+               status = CASE WHEN $5::bool IS NULL THEN status WHEN $5 THEN 'active' ELSE 'disabled' END, \
                disabled_reason = CASE WHEN $5 THEN '' ELSE disabled_reason END, \
                consecutive_failures = CASE WHEN $5 AND status <> 'active' THEN 0 ELSE consecutive_failures END \
              WHERE endpoint_id = $1 RETURNING {ENDPOINT_COLUMNS}"
         )))
         .bind(id)
-        .bind(&req.url)
+        .bind(url)
         .bind(&description)
         .bind(&types)
-        .bind(req.enabled)
+        .bind(enabled)
         .fetch_one(&mut *tx)
         .await
         .map_err(internal)?;

@@ -572,6 +572,7 @@ async fn low_balance_alerts_fire_once_per_crossing_and_preferences_are_kept() {
                     account_id: main.clone(),
                     threshold: threshold.clone(),
                     enabled: true,
+                    update_mask: None,
                 },
                 &token,
             ))
@@ -594,12 +595,33 @@ async fn low_balance_alerts_fire_once_per_crossing_and_preferences_are_kept() {
                 account_id: main.clone(),
                 threshold: threshold.clone(),
                 enabled: true,
+                update_mask: None,
             },
             &eve.tokens.access_token,
         ))
         .await
         .unwrap_err();
     assert_eq!(foreign.code(), tonic::Code::NotFound, "someone else's account is unknown");
+    // Only what is sent changes: a new threshold alone keeps the alert on; a masked false turns it
+    // off; an unsent threshold is kept.
+    let set = |threshold: Option<Money>, enabled: bool, mask: &[&str]| {
+        let mut client = client.clone();
+        let request = SetLowBalanceAlertRequest {
+            account_id: main.clone(),
+            threshold,
+            enabled,
+            update_mask: (!mask.is_empty())
+                .then(|| pbjson_types::FieldMask { paths: mask.iter().map(|p| (*p).to_owned()).collect() }),
+        };
+        let request = bearer(request, &token);
+        async move { client.set_low_balance_alert(request).await.unwrap().into_inner().alert.unwrap() }
+    };
+    let lower = set(Some(Money { currency: "EUR".into(), minor_units: 4_000 }), false, &[]).await;
+    assert_eq!((lower.enabled, lower.threshold.unwrap().minor_units), (true, 4_000));
+    let off = set(None, false, &["enabled"]).await;
+    assert_eq!((off.enabled, off.threshold.unwrap().minor_units), (false, 4_000));
+    let on = set(threshold.clone(), true, &[]).await;
+    assert_eq!((on.enabled, on.threshold.unwrap().minor_units), (true, 5_000));
 
     // 100.00 in; 60.00 out -> 40.00: one alert; 5.00 more out: none; 20.00 in -> 55.00 re-arms;
     // 10.00 out -> 45.00: the second alert.
@@ -1003,4 +1025,128 @@ async fn a_declined_card_charge_is_emailed_with_its_reason_and_shows_in_the_secu
     assert_eq!(line.card_last_four, last_four);
     assert_eq!(line.decline_reason, bank_proto::cards::v1::DeclineReason::DailyLimitExceeded as i32);
     assert_eq!(line.summary, format!("Card ****{last_four} declined at ACME Books: daily limit exceeded"));
+}
+
+#[tokio::test]
+async fn an_update_changes_only_the_fields_it_sends_over_grpc_and_rest() {
+    let mesh = mesh(true).await;
+    let dora = mesh.identity.user("dora@example.com").await;
+    let token = dora.tokens.access_token.clone();
+    let receiver = WebhookReceiver::start(&[200]).await;
+    let mut client = mesh.client().await;
+    let created = client
+        .create_webhook_endpoint(bearer(
+            CreateWebhookEndpointRequest {
+                url: receiver.url("/hooks"),
+                description: "books".into(),
+                event_types: vec!["bank.events.v1.DepositPosted".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    let id = created.endpoint_id.clone();
+
+    // gRPC, no mask: only the description is sent, so only it changes (`enabled` unsent is not false).
+    let renamed = client
+        .update_webhook_endpoint(bearer(
+            UpdateWebhookEndpointRequest {
+                endpoint_id: id.clone(),
+                description: "ledger".into(),
+                ..UpdateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(renamed.description, "ledger");
+    assert_eq!(renamed.status, WebhookEndpointStatus::Active as i32, "still enabled");
+    assert_eq!(
+        (renamed.url.as_str(), renamed.event_types.as_slice()),
+        (created.url.as_str(), created.event_types.as_slice())
+    );
+
+    // gRPC with a mask: a masked false disables, an unknown path is refused.
+    let masked = |paths: &[&str]| {
+        Some(pbjson_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
+    };
+    let disabled = client
+        .update_webhook_endpoint(bearer(
+            UpdateWebhookEndpointRequest {
+                endpoint_id: id.clone(),
+                update_mask: masked(&["enabled"]),
+                ..UpdateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(disabled.status, WebhookEndpointStatus::Disabled as i32);
+    assert_eq!(disabled.description, "ledger");
+    let unknown = client
+        .update_webhook_endpoint(bearer(
+            UpdateWebhookEndpointRequest {
+                endpoint_id: id.clone(),
+                update_mask: masked(&["signing_secret"]),
+                ..UpdateWebhookEndpointRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bank_testkit::violations(&unknown), [("update_mask".to_owned(), "UNKNOWN_FIELD".to_owned())]);
+
+    // REST (PATCH through the gateway): the body's keys are the mask.
+    let gateway = spawn_with::<bank_gateway::Gateway>(
+        mesh.identity
+            .trust(Options::default().database(false))
+            .set("edge.hsts", false)
+            .set("upstreams.identity", mesh.identity.url())
+            .set("upstreams.notifications", format!("http://{}", mesh.notifications.addr))
+            .set("upstreams.required_for_readiness", Vec::<String>::new()),
+    )
+    .await;
+    let path = format!("/api/v1/webhooks/{id}");
+    let patch = |body: &'static str| {
+        let (path, token) = (path.clone(), token.clone());
+        async move {
+            let (status, body) =
+                bank_testkit::probe::http_json(gateway.addr, "PATCH", &path, Some(&token), Some(body)).await;
+            (status, serde_json::from_str::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let (status, enabled) = patch(r#"{"enabled": true}"#).await;
+    assert_eq!(status, 200, "{enabled}");
+    assert_eq!(enabled["endpoint"]["status"], "WEBHOOK_ENDPOINT_STATUS_ACTIVE");
+    assert_eq!(enabled["endpoint"]["description"], "ledger");
+    assert_eq!(enabled["endpoint"]["eventTypes"], serde_json::json!(["bank.events.v1.DepositPosted"]));
+    let (status, all) = patch(r#"{"eventTypes": [], "description": ""}"#).await;
+    assert_eq!(status, 200, "{all}");
+    assert!(all["endpoint"]["eventTypes"].as_array().is_none_or(Vec::is_empty), "all types: {all}");
+    assert!(all["endpoint"]["description"].as_str().is_none_or(str::is_empty), "cleared: {all}");
+    assert_eq!(all["endpoint"]["status"], "WEBHOOK_ENDPOINT_STATUS_ACTIVE");
+    let (status, off) = patch(r#"{"enabled": false}"#).await;
+    assert_eq!(
+        (status, &off["endpoint"]["status"]),
+        (200, &serde_json::json!("WEBHOOK_ENDPOINT_STATUS_DISABLED"))
+    );
+    let (status, refused) = patch(r#"{"description": "x", "updateMask": "secret"}"#).await;
+    assert_eq!((status, refused["reason"].as_str()), (400, Some("VALIDATION_FAILED")), "{refused}");
+    let read = client
+        .get_webhook_endpoint(bearer(GetWebhookEndpointRequest { endpoint_id: id }, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(read.description, "", "a refused update changes nothing");
 }

@@ -95,6 +95,40 @@ pub fn replayed<T: prost::Message + Default>(encoded: &[u8]) -> Result<Response<
     Ok(answer(T::decode(encoded).map_err(internal)?, true))
 }
 
+/// Which fields an update changes (AIP-134): exactly the paths of its `update_mask` when it names
+/// any, else every field the request sets to a non-default value. So an update that leaves a
+/// field out never changes it — an unsent `bool` is not "false".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateMask(Option<Vec<String>>);
+
+impl UpdateMask {
+    /// The mask of a request: `paths` (its `update_mask.paths`, empty when unset), each of which
+    /// must be one of `allowed`.
+    ///
+    /// # Errors
+    /// `VALIDATION_FAILED`, violation `UNKNOWN_FIELD` on `update_mask`, naming the path.
+    pub fn new(paths: &[String], allowed: &[&str]) -> Result<Self, Status> {
+        if paths.is_empty() {
+            return Ok(Self(None));
+        }
+        if let Some(unknown) = paths.iter().find(|p| !allowed.contains(&p.as_str())) {
+            return Err(invalid(
+                "update_mask",
+                "UNKNOWN_FIELD",
+                &format!("`{unknown}` cannot be updated; the fields are: {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Self(Some(paths.to_vec())))
+    }
+
+    /// Whether the update changes `path`; `populated` says whether the request set it to a
+    /// non-default value (what counts without a mask).
+    #[must_use]
+    pub fn covers(&self, path: &str, populated: bool) -> bool {
+        self.0.as_ref().map_or(populated, |paths| paths.iter().any(|p| p == path))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -127,5 +161,17 @@ mod tests {
         let replay: Response<()> = answer((), true);
         assert_eq!(replay.metadata().get(idempotency::REPLAYED).unwrap(), "true");
         assert!(answer((), false).metadata().get(idempotency::REPLAYED).is_none());
+    }
+
+    #[test]
+    fn a_mask_names_the_fields_and_without_one_the_set_fields_count() {
+        let implied = UpdateMask::new(&[], &["url", "enabled"]).unwrap();
+        assert!(implied.covers("url", true));
+        assert!(!implied.covers("enabled", false), "an unsent false changes nothing");
+        let explicit = UpdateMask::new(&["enabled".to_owned()], &["url", "enabled"]).unwrap();
+        assert!(explicit.covers("enabled", false), "a masked false is a change");
+        assert!(!explicit.covers("url", true), "a set field outside the mask is left alone");
+        let err = UpdateMask::new(&["secret".to_owned()], &["url", "enabled"]).unwrap_err();
+        assert!(violation(&err).starts_with("UNKNOWN_FIELD: `secret`"), "{}", violation(&err));
     }
 }
