@@ -76,7 +76,7 @@ error_codes! {
     TokenExpired => ("TOKEN_EXPIRED", Unauthenticated, 401),
     /// The token was revoked (logout, token version bump, session revoked or refresh-token reuse).
     TokenRevoked => ("TOKEN_REVOKED", Unauthenticated, 401),
-    /// Wrong email/password, wrong MFA code, or a locked or disabled user: one indistinguishable answer.
+    /// Wrong email/password, wrong MFA code, a disabled user, a locked user with a wrong password: one answer.
     InvalidCredentials => ("INVALID_CREDENTIALS", Unauthenticated, 401),
     /// Refresh token unknown, expired or already used (reuse also kills its whole session).
     InvalidRefreshToken => ("INVALID_REFRESH_TOKEN", Unauthenticated, 401),
@@ -90,6 +90,8 @@ error_codes! {
     StepUpRequired => ("STEP_UP_REQUIRED", Unauthenticated, 401),
     /// MFA enrolment or disable in a state that does not allow it (already enabled, not enabled).
     MfaStateConflict => ("MFA_STATE_CONFLICT", FailedPrecondition, 409),
+    /// The right password on a locked user: metadata `locked_until`, `retry_after_seconds`.
+    AccountLocked => ("ACCOUNT_LOCKED", FailedPrecondition, 423),
     /// Authenticated, but the role or service scope does not allow this RPC.
     PermissionDenied => ("PERMISSION_DENIED", PermissionDenied, 403),
     /// The object does not exist or belongs to someone else (never distinguished).
@@ -219,12 +221,20 @@ pub struct ServiceError {
     pub message: String,
     /// Field violations (for `VALIDATION_FAILED` and `PASSWORD_POLICY_VIOLATION`).
     pub violations: Vec<FieldViolation>,
+    /// `google.rpc.ErrorInfo` metadata (snake_case keys; `retry_after_seconds` becomes the REST
+    /// `Retry-After`, the others problem members in camelCase).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl ServiceError {
     /// Creates an error with a client-safe message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), violations: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            violations: Vec::new(),
+            metadata: std::collections::BTreeMap::new(),
+        }
     }
 
     /// A `VALIDATION_FAILED` error carrying field violations — or `CURRENCY_NOT_SUPPORTED` (with
@@ -237,7 +247,27 @@ impl ServiceError {
         } else {
             ErrorCode::ValidationFailed
         };
-        Self { code, message: "the request is invalid".to_owned(), violations }
+        Self {
+            code,
+            message: "the request is invalid".to_owned(),
+            violations,
+            metadata: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// The same error with one more `ErrorInfo` metadata entry.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The same error telling the client when a retry may succeed (`retry_after_seconds`, at
+    /// least 1; REST `Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(self, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.with_metadata("retry_after_seconds", seconds.max(1).to_string())
     }
 
     /// An internal error. The cause is logged here, once, with the request's span; the client only
@@ -280,10 +310,10 @@ impl std::error::Error for ServiceError {}
 impl From<ServiceError> for tonic::Status {
     fn from(err: ServiceError) -> Self {
         let mut details = ErrorDetails::new();
-        let mut metadata = std::collections::HashMap::new();
+        let mut metadata: std::collections::HashMap<String, String> = err.metadata.into_iter().collect();
         if err.code == ErrorCode::Unavailable {
             // The gateway turns it into `Retry-After`.
-            metadata.insert("retry_after_seconds".to_owned(), "1".to_owned());
+            metadata.entry("retry_after_seconds".to_owned()).or_insert_with(|| "1".to_owned());
         }
         details.set_error_info(err.code.reason(), ERROR_DOMAIN, metadata);
         for v in &err.violations {

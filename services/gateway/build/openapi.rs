@@ -351,6 +351,14 @@ fn operation(schemas: &mut Schemas<'_>, route: &Route, operation_id: &str) -> Va
             json!({"description": "`attachment` with the suggested file name.", "schema": {"type": "string"}}),
         );
     }
+    if route.rpc() == "bank.identity.v1.IdentityService/Login" {
+        responses["423"] = problem_response(
+            "423",
+            "The right password on an account locked after failed logins: `lockedUntil` says until when, `Retry-After` how many seconds are left. A wrong password on a locked account answers 401 like any other.",
+            "FAILED_PRECONDITION",
+            "ACCOUNT_LOCKED",
+        );
+    }
     op["responses"] = responses;
     op
 }
@@ -387,7 +395,7 @@ fn rate_limit_headers(mut headers: Value) -> Value {
 fn problem_response(status: &str, description: &str, code: &str, reason: &str) -> Value {
     let status_number: u16 = status.parse().unwrap_or(500);
     let mut headers = json!({"X-Request-Id": {"$ref": "#/components/headers/RequestId"}});
-    if matches!(status, "429" | "503") {
+    if matches!(status, "423" | "429" | "503") {
         headers["Retry-After"] = json!({"$ref": "#/components/headers/RetryAfter"});
     }
     if status == "429" {
@@ -424,6 +432,7 @@ fn title(status: u16) -> &'static str {
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
         422 => "Unprocessable Entity",
+        423 => "Locked",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -454,6 +463,7 @@ fn problem_schema(pool: &DescriptorPool) -> Value {
             "reason": {"type": "string", "enum": reasons, "description": "The stable reason (bank.common.v1.ErrorReason without its prefix)."},
             "violations": {"type": "array", "items": {"$ref": "#/components/schemas/FieldViolation"}, "description": "The invalid fields, when known."},
             "request_id": {"type": "string", "description": "The request id (also in `X-Request-Id`); quote it to support."},
+            "lockedUntil": {"type": "string", "format": "date-time", "description": "`ACCOUNT_LOCKED` only: when the lock ends (RFC 3339)."},
         },
         "additionalProperties": false,
     })

@@ -38,6 +38,10 @@ pub struct Problem {
     /// Seconds before a retry may succeed (`Retry-After`).
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Extension members (RFC 9457) from the upstream's `ErrorInfo` metadata, camelCase:
+    /// `lockedUntil` on `ACCOUNT_LOCKED`.
+    #[serde(flatten)]
+    pub extensions: std::collections::BTreeMap<String, String>,
 }
 
 /// One invalid request field (from `google.rpc.BadRequest`, or found by the gateway).
@@ -75,6 +79,7 @@ impl Problem {
             violations: Vec::new(),
             request_id: context::current_request_id().unwrap_or_default(),
             retry_after: None,
+            extensions: std::collections::BTreeMap::new(),
         }
     }
 
@@ -138,10 +143,16 @@ impl Problem {
                 })
                 .collect();
         }
-        problem.retry_after = status
-            .get_details_error_info()
-            .filter(|info| info.domain == ERROR_DOMAIN)
-            .and_then(|info| info.metadata.get("retry_after_seconds").and_then(|s| s.parse().ok()));
+        if let Some(info) = status.get_details_error_info().filter(|info| info.domain == ERROR_DOMAIN) {
+            problem.retry_after = info.metadata.get("retry_after_seconds").and_then(|s| s.parse().ok());
+            for (key, value) in info.metadata {
+                let member = camel_case(&key);
+                // Never shadow a member of the problem document itself.
+                if key != "retry_after_seconds" && !RESERVED_MEMBERS.contains(&member.as_str()) {
+                    problem.extensions.insert(member, value);
+                }
+            }
+        }
         problem
     }
 }
@@ -159,6 +170,27 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+/// The members of the problem document (extensions may not take their names).
+const RESERVED_MEMBERS: [&str; 9] =
+    ["type", "title", "status", "detail", "code", "reason", "violations", "request_id", "requestId"];
+
+/// `locked_until` -> `lockedUntil` (the JSON casing of the bodies).
+fn camel_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn title(status: u16) -> &'static str {
@@ -242,6 +274,7 @@ mod tests {
             code: ErrorCode::PasswordPolicyViolation,
             message: "the password breaks the policy".to_owned(),
             violations: vec![FieldViolation::new("password", "TOO_SHORT", "at least 12 characters")],
+            metadata: std::collections::BTreeMap::new(),
         });
         let problem = Problem::from_status("/x.Y/Z", &status);
         assert_eq!(problem.status, 400);

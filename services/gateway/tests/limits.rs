@@ -14,7 +14,7 @@ use std::time::Duration;
 use bank_gateway::Gateway;
 use bank_testkit::{
     TestIdentity, TestRedis,
-    identity::{ADMIN_EMAIL, ADMIN_PASSWORD},
+    identity::{ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD},
     probe::http_get,
 };
 use client::{Answer, Http};
@@ -74,6 +74,42 @@ async fn six_bad_logins_from_one_ip_are_limited_across_a_restart() {
         .send(Method::POST, "/api/v1/auth/login", &[("content-type", "application/json")], Some(body))
         .await;
     answer.problem(429, "RATE_LIMITED");
+}
+
+/// A locked account: a wrong password answers like any failure (401), the right one says it is
+/// locked, until when (`lockedUntil`) and how long to wait (`Retry-After`: the lock's real
+/// remaining time, not a rate-limit bucket's), and does not use up the failed-login allowance.
+#[tokio::test]
+async fn the_right_password_on_a_locked_account_says_locked_until_when() {
+    let identity = TestIdentity::spawn().await;
+    let user = identity.user("locked.out@example.com").await;
+    for _ in 0..5 {
+        identity.login(&user.email, "not the password 123").await.unwrap_err();
+    }
+    let gateway = bank_testkit::spawn_with::<Gateway>(
+        gateway::options(Some(&identity)).set("rate_limits.auth_per_ip.limit", 1000),
+    )
+    .await;
+    let http = Http::new(gateway.addr);
+    bad_login(&http, &user.email, &[]).await.problem(401, "INVALID_CREDENTIALS");
+    let body = serde_json::to_vec(&json!({"email": user.email, "password": USER_PASSWORD})).unwrap();
+    for _ in 0..6 {
+        let answer = http
+            .send(
+                Method::POST,
+                "/api/v1/auth/login",
+                &[("content-type", "application/json")],
+                Some(body.clone()),
+            )
+            .await;
+        let problem = answer.problem(423, "ACCOUNT_LOCKED");
+        let retry = seconds(&answer, "retry-after");
+        assert!((14 * 60..=15 * 60).contains(&retry), "Retry-After is the lock's wait: {retry}");
+        let until = problem["lockedUntil"].as_str().expect("lockedUntil");
+        assert!(problem["detail"].as_str().unwrap().contains(until), "{problem}");
+        // Charged while it runs (4 -> 3), refunded after: the allowance never goes lower.
+        assert_eq!(seconds(&answer, "ratelimit-remaining"), 3, "a locked answer is not a failure");
+    }
 }
 
 /// Successful logins do not use up the failed-login allowance; failures for one username are

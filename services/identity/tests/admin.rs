@@ -456,7 +456,7 @@ async fn a_locked_user_is_unlocked_by_an_admin_and_the_audit_log_says_who_and_wh
     assert_eq!(locked.failed_login_count, 5);
     assert!(locked.user.unwrap().locked_until.is_some());
     let err = identity.login(&user.email, USER_PASSWORD).await.unwrap_err();
-    assert_eq!(reason(&err), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(reason(&err), Some(ErrorCode::AccountLocked));
 
     let err = admin
         .unlock_user(bearer(UnlockUserRequest { user_id: "nope".into(), reason: " ".into() }, &token))

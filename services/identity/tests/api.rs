@@ -199,10 +199,24 @@ async fn five_wrong_passwords_lock_the_account_with_the_same_answer_as_an_unknow
         assert_eq!((wrong.code(), wrong.message()), (unknown.code(), unknown.message()));
         assert_eq!(reason(&wrong), reason(&unknown));
     }
-    // Locked: the right password is refused exactly like a wrong one or an unknown address.
+    // Locked: a wrong password is still refused exactly like an unknown address ...
+    let wrong = identity.login(&user.email, "definitely not the password").await.unwrap_err();
+    assert_eq!((wrong.code(), wrong.message()), (unknown.code(), unknown.message()));
+    assert_eq!(reason(&wrong), Some(ErrorCode::InvalidCredentials));
+    // ... but the right one proves the caller, who is told it is locked and until when.
     let locked = identity.login(&user.email, USER_PASSWORD).await.unwrap_err();
-    assert_eq!((locked.code(), locked.message()), (unknown.code(), unknown.message()));
-    assert_eq!(reason(&locked), Some(ErrorCode::InvalidCredentials));
+    assert_eq!((locked.code(), reason(&locked)), (Code::FailedPrecondition, Some(ErrorCode::AccountLocked)));
+    let info = tonic_types::StatusExt::get_details_error_info(&locked).unwrap();
+    let until = time::OffsetDateTime::parse(
+        &info.metadata["locked_until"],
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let wait: u64 = info.metadata["retry_after_seconds"].parse().unwrap();
+    let left = (until - time::OffsetDateTime::now_utc()).whole_seconds();
+    assert!((14 * 60..=15 * 60).contains(&left), "locked until about 15 minutes from now: {left}s");
+    assert!(wait.abs_diff(left.unsigned_abs()) <= 2, "the retry hint is the real wait: {wait}s vs {left}s");
+    assert!(locked.message().contains(&info.metadata["locked_until"]), "{}", locked.message());
 
     let locks = identity.events("bank.events.v1.UserAccountLocked").await;
     assert_eq!(locks.len(), 1, "the owner is told once");

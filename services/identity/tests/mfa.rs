@@ -215,8 +215,11 @@ async fn wrong_codes_count_toward_the_lockout_like_wrong_passwords() {
     }
     // The challenge is spent and the account is locked: the right code no longer helps...
     assert!(complete(&identity, &pending.mfa_token, totp(good)).await.is_err());
-    // ...and neither does the right password.
+    // ...and neither does the right password, which is told the account is locked (the password
+    // proves the caller; a wrong one still answers INVALID_CREDENTIALS).
     let status = identity.login(&user.email, USER_PASSWORD).await.unwrap_err();
+    assert_eq!(reason(&status), Some(ErrorCode::AccountLocked));
+    let status = identity.login(&user.email, "not the password at all").await.unwrap_err();
     assert_eq!(reason(&status), Some(ErrorCode::InvalidCredentials));
     let mut conn = identity.db().await;
     let failures: i64 = sqlx::query_scalar(

@@ -38,6 +38,24 @@ pub(crate) fn invalid_credentials() -> tonic::Status {
     ServiceError::new(ErrorCode::InvalidCredentials, "invalid credentials").into()
 }
 
+/// A locked user who gave the right password: locked until `until` (metadata `locked_until`,
+/// RFC 3339) and a retry hint for the real remaining wait.
+pub(crate) fn account_locked(until: OffsetDateTime, now: OffsetDateTime) -> tonic::Status {
+    let at = until
+        .replace_nanosecond(0)
+        .unwrap_or(until)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let wait = std::time::Duration::try_from(until - now).unwrap_or_default();
+    ServiceError::new(
+        ErrorCode::AccountLocked,
+        format!("the account is locked after too many failed logins until {at}; try again then or reset the password"),
+    )
+    .with_metadata("locked_until", at)
+    .with_retry_after(wait)
+    .into()
+}
+
 /// A password that breaks the policy, with every violation.
 pub(crate) fn policy_violation(field: &str, violations: &[Violation]) -> tonic::Status {
     let list = violations.iter().map(|v| FieldViolation::new(field, v.code(), v.description())).collect();
@@ -45,6 +63,7 @@ pub(crate) fn policy_violation(field: &str, violations: &[Violation]) -> tonic::
         code: ErrorCode::PasswordPolicyViolation,
         message: "the password does not meet the password policy".to_owned(),
         violations: list,
+        metadata: std::collections::BTreeMap::new(),
     }
     .into()
 }

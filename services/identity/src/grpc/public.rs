@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    check_locale, check_name, check_time_zone, entry, internal, invalid, invalid_credentials, masked_text,
-    policy_violation, session, timestamp, user,
+    account_locked, check_locale, check_name, check_time_zone, entry, internal, invalid, invalid_credentials,
+    masked_text, policy_violation, session, timestamp, user,
 };
 use crate::{
     context::CallContext,
@@ -479,11 +479,19 @@ impl IdentityService for Api {
             return Err(invalid_credentials());
         };
 
-        if user.is_locked(now) {
-            self.state.hasher.verify(&password, None).await.map_err(busy)?;
-            self.record_login_failure(&user, &ctx, "locked", false, false).await?;
+        if let Some(until) = user.locked_until.filter(|until| *until > now) {
+            // The same work as an open account. A wrong password stays indistinguishable; the
+            // right one proves the caller, who is told the truth: locked, and until when.
+            let verified =
+                self.state.hasher.verify(&password, Some(&user.password_hash)).await.map_err(busy)?;
+            let proven = matches!(verified, Verified::Yes { .. }) && user.status != "disabled";
+            let why = if proven { "locked (right password)" } else { "locked" };
+            self.record_login_failure(&user, &ctx, why, false, false).await?;
             metrics::counter!("identity_logins_total", "result" => "locked").increment(1);
-            return Err(invalid_credentials());
+            if !proven {
+                return Err(invalid_credentials());
+            }
+            return Err(account_locked(until, now));
         }
         let verified = self.state.hasher.verify(&password, Some(&user.password_hash)).await.map_err(busy)?;
         let Verified::Yes { needs_rehash } = verified else {
