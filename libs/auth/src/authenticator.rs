@@ -143,6 +143,7 @@ fn to_principal(claims: Claims, step_up_max_age: Duration) -> Principal {
         acr: claims.acr.unwrap_or_default(),
         auth_time: claims.auth_time,
         recent_mfa,
+        step_up_max_age: step_up_max_age.as_secs(),
     }
 }
 

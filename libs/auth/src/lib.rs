@@ -29,7 +29,7 @@ pub use config::{AuthConfig, ServiceConfig};
 pub use jwks::{GrpcJwks, JwksSource, decoding_key};
 pub use principal::{
     ACR_MFA, Principal, Subject, check_staff, principal, require_role, require_scope, require_staff,
-    require_staff_user, require_step_up, require_user,
+    require_staff_user, require_step_up, require_step_up_of_enrolled, require_user,
 };
 pub use revocation::{GrpcStatus, Revocation, RevocationKeys, StatusSource, TokenStatus};
 pub use service_token::ServiceTokens;

@@ -37,6 +37,9 @@ pub struct Principal {
     /// `acr` is `mfa` and `auth_time` is within `auth.step_up_max_age` of the call: step-up
     /// actions are allowed. Decided by the authenticator when the call arrives.
     pub recent_mfa: bool,
+    /// How recent the second factor must be (`auth.step_up_max_age`, seconds): the `max_age` a
+    /// step-up refusal names.
+    pub step_up_max_age: u64,
 }
 
 impl Principal {
@@ -162,21 +165,53 @@ pub fn check_staff(principal: &Principal, roles: &[&str]) -> Result<(), tonic::S
 }
 
 /// A user session that passed a second factor within `auth.step_up_max_age`, else
-/// `STEP_UP_REQUIRED` (the client calls `IdentityService.StepUp` and retries). Service principals
+/// `STEP_UP_REQUIRED` with `acr_values` and `max_age` (the client calls `IdentityService.StepUp`
+/// and retries; RFC 9470 at the gateway) — or, for a session that never had a second factor,
+/// `MFA_ENROLMENT_REQUIRED` (the client enrols; the confirmation steps up). Service principals
 /// pass: step-up is about people.
 ///
 /// # Errors
-/// `STEP_UP_REQUIRED` as above.
+/// `STEP_UP_REQUIRED` or `MFA_ENROLMENT_REQUIRED` as above.
 pub fn require_step_up(principal: &Principal) -> Result<(), tonic::Status> {
     if principal.user_id().is_none() || principal.recent_mfa {
         Ok(())
+    } else if principal.acr == ACR_MFA {
+        Err(step_up_required(principal))
     } else {
+        // A session without a second factor: the user had none when it began (an enrolled user
+        // logs in with one, and confirming an enrolment steps the session up). Enrolling helps;
+        // a user who enrolled in another session since can also StepUp (GetMfaStatus tells).
         Err(ServiceError::new(
-            ErrorCode::StepUpRequired,
-            "this action needs a recent second factor: call StepUp and retry",
+            ErrorCode::MfaEnrolmentRequired,
+            "this action needs a second factor: enrol MFA (the confirmation steps this session up) and retry",
         )
         .into())
     }
+}
+
+/// Like [`require_step_up`] for a user the caller knows has a second factor enrolled (identity,
+/// or cards after asking identity): `STEP_UP_REQUIRED` even for a session that began before the
+/// enrolment, since StepUp works for it.
+///
+/// # Errors
+/// `STEP_UP_REQUIRED`.
+pub fn require_step_up_of_enrolled(principal: &Principal) -> Result<(), tonic::Status> {
+    if principal.user_id().is_none() || principal.recent_mfa {
+        Ok(())
+    } else {
+        Err(step_up_required(principal))
+    }
+}
+
+/// `STEP_UP_REQUIRED` naming what satisfies it (RFC 9470): `acr_values` and `max_age`.
+fn step_up_required(principal: &Principal) -> tonic::Status {
+    ServiceError::new(
+        ErrorCode::StepUpRequired,
+        "this action needs a recent second factor: call StepUp and retry",
+    )
+    .with_metadata("acr_values", ACR_MFA)
+    .with_metadata("max_age", principal.step_up_max_age.to_string())
+    .into()
 }
 
 #[cfg(test)]
@@ -194,6 +229,7 @@ mod tests {
             acr: "pwd".to_owned(),
             auth_time: Some(0),
             recent_mfa: false,
+            step_up_max_age: 300,
         }
     }
 
@@ -229,8 +265,17 @@ mod tests {
         let status = require_step_up(&stale).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(bank_platform::error::reason_of(&status), Some(ErrorCode::StepUpRequired));
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!((info.metadata["acr_values"].as_str(), info.metadata["max_age"].as_str()), ("mfa", "300"));
         assert!(require_step_up(&Principal { recent_mfa: true, ..stale.clone() }).is_ok());
         assert!(require_step_up(&Principal { subject: Subject::Service("svc".into()), ..stale }).is_ok());
+        // Never a second factor in this session: enrolling is the way, not StepUp.
+        let status = require_step_up(&user(&["customer"])).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(bank_platform::error::reason_of(&status), Some(ErrorCode::MfaEnrolmentRequired));
+        // ... unless the caller knows a factor was enrolled since the session began.
+        let status = require_step_up_of_enrolled(&user(&["customer"])).unwrap_err();
+        assert_eq!(bank_platform::error::reason_of(&status), Some(ErrorCode::StepUpRequired));
     }
 
     #[test]

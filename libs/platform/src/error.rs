@@ -86,12 +86,15 @@ error_codes! {
     EmailNotVerified => ("EMAIL_NOT_VERIFIED", FailedPrecondition, 403),
     /// MFA must be enrolled first: the caller's role requires it (admin RPCs) or the action needs a second factor.
     MfaRequired => ("MFA_REQUIRED", PermissionDenied, 403),
-    /// The action needs acr=mfa with a recent auth_time; call IdentityService.StepUp and retry.
+    /// The action needs acr=mfa with a recent auth_time; call IdentityService.StepUp and retry
+    /// (metadata `acr_values`, `max_age`; REST `WWW-Authenticate`, RFC 9470).
     StepUpRequired => ("STEP_UP_REQUIRED", Unauthenticated, 401),
     /// MFA enrolment or disable in a state that does not allow it (already enabled, not enabled).
     MfaStateConflict => ("MFA_STATE_CONFLICT", FailedPrecondition, 409),
     /// The right password on a locked user: metadata `locked_until`, `retry_after_seconds`.
     AccountLocked => ("ACCOUNT_LOCKED", FailedPrecondition, 423),
+    /// A second factor is needed and none is enrolled: enrol (the confirmation steps up) and retry.
+    MfaEnrolmentRequired => ("MFA_ENROLMENT_REQUIRED", PermissionDenied, 403),
     /// Authenticated, but the role or service scope does not allow this RPC.
     PermissionDenied => ("PERMISSION_DENIED", PermissionDenied, 403),
     /// The object does not exist or belongs to someone else (never distinguished).

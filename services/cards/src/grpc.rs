@@ -691,7 +691,7 @@ impl CardsService for Api {
         // Step-up when the owner has a second factor (identity's own rule for sensitive actions).
         let profile = self.core.upstreams.profile(&bearer).await.map_err(upstream_error)?;
         if profile.mfa_enabled {
-            bank_auth::require_step_up(&principal)?;
+            bank_auth::require_step_up_of_enrolled(&principal)?;
         }
         let vault = self.core.vault.clone();
         let limit = i64::from(self.core.settings.reveals_per_hour);

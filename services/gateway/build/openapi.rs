@@ -46,7 +46,7 @@ const ERRORS: &[(&str, &str, &str, &str, &str)] = &[
     (
         "401",
         "Unauthorized",
-        "No valid credentials (missing, expired or revoked token, wrong password).",
+        "No valid credentials (missing, expired or revoked token, wrong password), or a second factor that is not recent enough. Tell them apart by `WWW-Authenticate` (and `reason`): `error=\"invalid_token\"` (`TOKEN_EXPIRED`, `TOKEN_REVOKED`) means refresh or log in again; `error=\"insufficient_user_authentication\", acr_values=\"mfa\", max_age=N` (`STEP_UP_REQUIRED`, RFC 9470; also `acrValues`/`maxAge` in the body) means call POST /api/v1/auth/step-up and retry — do not refresh. A user with no second factor gets 403 `MFA_ENROLMENT_REQUIRED` instead: enrol (the confirmation answers a stepped-up pair).",
         "UNAUTHENTICATED",
         "UNAUTHENTICATED",
     ),
@@ -220,6 +220,11 @@ pub(crate) fn document(pool: &DescriptorPool, routes: &[Route]) -> Result<Value,
             "headers": {
                 "RequestId": {
                     "description": "The request id (the caller's, or a new one), also in problem documents.",
+                    "required": true,
+                    "schema": {"type": "string"},
+                },
+                "WwwAuthenticate": {
+                    "description": "The Bearer challenge of a 401 (RFC 6750, RFC 9470): `error=\"invalid_token\"`, or `error=\"insufficient_user_authentication\"` with `acr_values` and `max_age` when a step-up is needed.",
                     "required": true,
                     "schema": {"type": "string"},
                 },
@@ -398,6 +403,9 @@ fn problem_response(status: &str, description: &str, code: &str, reason: &str) -
     if matches!(status, "423" | "429" | "503") {
         headers["Retry-After"] = json!({"$ref": "#/components/headers/RetryAfter"});
     }
+    if status == "401" {
+        headers["WWW-Authenticate"] = json!({"$ref": "#/components/headers/WwwAuthenticate"});
+    }
     if status == "429" {
         headers = rate_limit_headers(headers);
     }
@@ -464,6 +472,8 @@ fn problem_schema(pool: &DescriptorPool) -> Value {
             "violations": {"type": "array", "items": {"$ref": "#/components/schemas/FieldViolation"}, "description": "The invalid fields, when known."},
             "request_id": {"type": "string", "description": "The request id (also in `X-Request-Id`); quote it to support."},
             "lockedUntil": {"type": "string", "format": "date-time", "description": "`ACCOUNT_LOCKED` only: when the lock ends (RFC 3339)."},
+            "acrValues": {"type": "string", "description": "`STEP_UP_REQUIRED` only: the authentication context that satisfies it (`mfa`)."},
+            "maxAge": {"type": "string", "description": "`STEP_UP_REQUIRED` only: how recent (seconds) the second factor must be."},
         },
         "additionalProperties": false,
     })

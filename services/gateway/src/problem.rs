@@ -168,7 +168,43 @@ impl IntoResponse for Problem {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(challenge) = self.challenge() {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
         response
+    }
+}
+
+impl Problem {
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750, RFC 9470): a stale second factor is
+    /// `insufficient_user_authentication` with what satisfies it, so a client can tell "step up"
+    /// from "refresh or log in again" (`invalid_token`).
+    fn challenge(&self) -> Option<HeaderValue> {
+        if self.status != 401 {
+            return None;
+        }
+        let value = match self.reason {
+            "STEP_UP_REQUIRED" => {
+                let mut value = format!(
+                    r#"Bearer realm="bankmesh", error="insufficient_user_authentication", error_description="a recent second factor is required", acr_values="{}""#,
+                    self.extensions
+                        .get("acrValues")
+                        .filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric()))
+                        .map_or("mfa", String::as_str)
+                );
+                if let Some(max_age) =
+                    self.extensions.get("maxAge").filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    value.push_str(&format!(", max_age={max_age}"));
+                }
+                value
+            }
+            "TOKEN_EXPIRED" | "TOKEN_REVOKED" => {
+                r#"Bearer realm="bankmesh", error="invalid_token""#.to_owned()
+            }
+            _ => r#"Bearer realm="bankmesh""#.to_owned(),
+        };
+        HeaderValue::from_str(&value).ok()
     }
 }
 

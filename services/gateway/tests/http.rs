@@ -61,6 +61,48 @@ async fn a_card_number_in_a_path_is_masked_in_the_access_log() {
     }
 }
 
+/// 401s carry a challenge a client can act on (RFC 6750 / RFC 9470): a stale second factor is
+/// `insufficient_user_authentication` with `acr_values` and `max_age` (step up, do not refresh); a
+/// revoked token is `invalid_token`. A customer with no factor at all gets 403
+/// `MFA_ENROLMENT_REQUIRED` from StepUp, and enrolling steps the session up.
+#[tokio::test]
+async fn a_stale_second_factor_answers_an_rfc_9470_challenge_distinct_from_an_expired_token() {
+    let identity = TestIdentity::spawn().await;
+    let app = gateway_for(&identity).await;
+    let http = Http::new(app.addr);
+    let user = identity.user("stepper@example.com").await;
+    let password_only = user.tokens.access_token.clone();
+
+    // No factor enrolled: StepUp is a dead end, and says so.
+    let step_up =
+        http.post("/api/v1/auth/step-up", &json!({"totpCode": "123456"}), Some(&password_only)).await;
+    step_up.problem(403, "MFA_ENROLMENT_REQUIRED");
+
+    // Enrolled since this session began: changing the password needs a step-up (401 + challenge).
+    identity.enrol_mfa(&password_only).await;
+    let change =
+        json!({"currentPassword": USER_PASSWORD, "newPassword": "a brand new passphrase, orange kettles 42"});
+    let refused = http.post("/api/v1/me/password", &change, Some(&password_only)).await;
+    let problem = refused.problem(401, "STEP_UP_REQUIRED");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some(
+            r#"Bearer realm="bankmesh", error="insufficient_user_authentication", error_description="a recent second factor is required", acr_values="mfa", max_age=300"#
+        )
+    );
+    assert_eq!((problem["acrValues"].as_str(), problem["maxAge"].as_str()), (Some("mfa"), Some("300")));
+
+    // A revoked token: invalid_token, the "refresh or log in again" case.
+    let logout = http.post("/api/v1/auth/logout", &json!({}), Some(&password_only)).await;
+    assert_eq!(logout.status, 200, "{}", String::from_utf8_lossy(&logout.body));
+    let revoked = http.get("/api/v1/me", Some(&password_only)).await;
+    revoked.problem(401, "TOKEN_REVOKED");
+    assert_eq!(revoked.header("www-authenticate"), Some(r#"Bearer realm="bankmesh", error="invalid_token""#));
+    let anonymous = http.get("/api/v1/me", None).await;
+    anonymous.problem(401, "UNAUTHENTICATED");
+    assert_eq!(anonymous.header("www-authenticate"), Some(r#"Bearer realm="bankmesh""#));
+}
+
 #[tokio::test]
 async fn with_redis_down_the_gateway_stays_ready_and_reports_redis_degraded() {
     let redis_addr: std::net::SocketAddr = bank_testkit::redis_url()

@@ -1612,7 +1612,9 @@ async fn staff_read_any_ledger_account_and_the_system_accounts_in_pages() {
 
 #[tokio::test]
 async fn a_large_transfer_needs_a_recent_second_factor_and_goes_through_after_step_up() {
-    use bank_proto::identity::v1::{StepUpRequest, step_up_request};
+    use bank_proto::identity::v1::{
+        ConfirmMfaEnrollmentRequest, StartMfaEnrollmentRequest, StepUpRequest, step_up_request,
+    };
     let w = world().await;
     let alice = w.identity.user("alice-large@example.com").await;
     let bob = w.identity.user("bob-large@example.com").await;
@@ -1627,31 +1629,80 @@ async fn a_large_transfer_needs_a_recent_second_factor_and_goes_through_after_st
     let password_only = alice.tokens.access_token.clone();
     // Up to the threshold (1,000.00 by default) a password session suffices.
     w.client().await.create_transfer(keyed(transfer(100_000), &password_only, "small")).await.unwrap();
-    // Above it: STEP_UP_REQUIRED (REST 401), and nothing moved.
+    // Above it, with no second factor enrolled: MFA_ENROLMENT_REQUIRED (403: StepUp could not
+    // help), and nothing moved.
     let refused = w
         .client()
         .await
         .create_transfer(keyed(transfer(100_001), &password_only, "large"))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unauthenticated);
-    assert_eq!(reason_of(&refused), Some(ErrorCode::StepUpRequired));
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&refused), Some(ErrorCode::MfaEnrolmentRequired));
     assert_eq!(w.available(&alice, &from).await, 400_000);
-    // Enrol, step up, and the same request with the same key is accepted.
-    let (mut device, _) = w.identity.enrol_mfa(&password_only).await;
-    let code = device.next_code().await;
-    let stepped = w
-        .identity
-        .client()
+    // Enrolling is the way: its confirmation answers a stepped-up pair, and the same request with
+    // the same key is accepted.
+    let mut identity = w.identity.client().await;
+    let started = identity
+        .start_mfa_enrollment(bearer(StartMfaEnrollmentRequest {}, &password_only))
         .await
-        .step_up(bearer(StepUpRequest { code: Some(step_up_request::Code::TotpCode(code)) }, &password_only))
+        .unwrap()
+        .into_inner();
+    let mut device = bank_testkit::identity::TotpDevice::new(&started.secret_base32);
+    let code = device.next_code().await;
+    let enrolled = identity
+        .confirm_mfa_enrollment(bearer(ConfirmMfaEnrollmentRequest { totp_code: code }, &password_only))
         .await
         .unwrap()
         .into_inner()
         .tokens
         .unwrap();
-    w.client().await.create_transfer(keyed(transfer(100_001), &stepped.access_token, "large")).await.unwrap();
+    w.client()
+        .await
+        .create_transfer(keyed(transfer(100_001), &enrolled.access_token, "large"))
+        .await
+        .unwrap();
     assert_eq!(w.available(&alice, &from).await, 400_000 - 100_001);
+
+    // Once the second factor is older than auth.step_up_max_age (5 min; the session's factor is
+    // dated back an hour, and a refresh carries that into the token): STEP_UP_REQUIRED (401,
+    // RFC 9470: acr_values and max_age say what to do), and StepUp answers a pair that may.
+    let mut db = w.identity.db().await;
+    sqlx::query("UPDATE sessions SET auth_time = now() - interval '1 hour' WHERE session_id = $1::uuid")
+        .bind(&enrolled.session_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let enrolled = identity
+        .refresh_tokens(bank_proto::identity::v1::RefreshTokensRequest {
+            refresh_token: enrolled.refresh_token,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let stale = w
+        .client()
+        .await
+        .create_transfer(keyed(transfer(100_002), &enrolled.access_token, "later"))
+        .await
+        .unwrap_err();
+    assert_eq!((stale.code(), reason_of(&stale)), (Code::Unauthenticated, Some(ErrorCode::StepUpRequired)));
+    let info = tonic_types::StatusExt::get_details_error_info(&stale).unwrap();
+    assert_eq!((info.metadata["acr_values"].as_str(), info.metadata["max_age"].as_str()), ("mfa", "300"));
+    let code = device.next_code().await;
+    let stepped = identity
+        .step_up(bearer(
+            StepUpRequest { code: Some(step_up_request::Code::TotpCode(code)) },
+            &enrolled.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    w.client().await.create_transfer(keyed(transfer(100_002), &stepped.access_token, "later")).await.unwrap();
     w.assert_healthy().await;
 }
 

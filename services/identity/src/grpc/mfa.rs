@@ -13,7 +13,7 @@
 //!   few minutes, a few attempts), good for `CompleteMfaLogin` only: it is no JWT, so every other
 //!   RPC refuses it. The failure count is reset only once the second factor passed.
 
-use bank_auth::{Principal, require_step_up};
+use bank_auth::{Principal, require_step_up_of_enrolled};
 use bank_platform::{ErrorCode, ServiceError};
 use bank_proto::{
     events::v1 as events,
@@ -250,7 +250,7 @@ impl Api {
         principal: &Principal,
         user_id: Uuid,
     ) -> Result<(), Status> {
-        if self.has_mfa(user_id).await? { require_step_up(principal) } else { Ok(()) }
+        if self.has_mfa(user_id).await? { require_step_up_of_enrolled(principal) } else { Ok(()) }
     }
 
     /// A correct password of a user with MFA: an MFA-pending token instead of a session.
@@ -375,7 +375,12 @@ impl Api {
         let now = OffsetDateTime::now_utc();
         let user = self.user_row(user_id).await?;
         usable(&user)?;
-        let not_enrolled = || Status::from(ServiceError::new(ErrorCode::MfaRequired, "enrol MFA first"));
+        let not_enrolled = || {
+            Status::from(ServiceError::new(
+                ErrorCode::MfaEnrolmentRequired,
+                "no second factor is enrolled: enrol MFA (the confirmation steps this session up)",
+            ))
+        };
         let (mut tx, recovery_codes_left) =
             self.proven(&user, &ctx, &factor, "wrong second factor (step-up)", not_enrolled).await?;
         sessions::set_acr(&mut tx, session_id, bank_auth::ACR_MFA).await.map_err(internal)?;
@@ -477,7 +482,7 @@ impl Api {
         principal: &Principal,
         req: ConfirmMfaEnrollmentRequest,
     ) -> Answer<ConfirmMfaEnrollmentResponse> {
-        let (user_id, _) = the_user(principal)?;
+        let (user_id, session_id) = the_user(principal)?;
         let Factor::Totp(code) = Factor::totp("totp_code", &req.totp_code)? else {
             return Err(invalid("totp_code", "INVALID_FORMAT", "must be 6 digits"));
         };
@@ -517,9 +522,18 @@ impl Api {
         .map_err(internal)?;
         let audit = user_audit(&ctx, "mfa.enable", "success", user_id);
         audit::append(&mut tx, audit).await.map_err(internal)?;
+        // The first code proved the factor: the session is stepped up, as by StepUp.
+        sessions::set_acr(&mut tx, session_id, bank_auth::ACR_MFA).await.map_err(internal)?;
+        let session = sessions::get(&mut tx, session_id)
+            .await
+            .map_err(internal)?
+            .filter(|s| s.is_live(now))
+            .ok_or_else(|| Status::from(ServiceError::new(ErrorCode::TokenRevoked, "session ended")))?;
+        sessions::use_all_refresh(&mut tx, session_id).await.map_err(internal)?;
+        let tokens = self.pair(&mut tx, &user, &session).await?;
         tx.commit().await.map_err(internal)?;
         metrics::counter!("identity_mfa_enrollments_total").increment(1);
-        Ok(Response::new(ConfirmMfaEnrollmentResponse { recovery_codes: codes }))
+        Ok(Response::new(ConfirmMfaEnrollmentResponse { recovery_codes: codes, tokens: Some(tokens) }))
     }
 
     pub(super) async fn do_disable_mfa(
